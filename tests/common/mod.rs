@@ -1,0 +1,5 @@
+//! Helpers shared by the end-to-end tests: start a server (vtestd or the reference
+//! `virgl_test_server`) on a private socket, and run real clients against it.
+#![allow(dead_code)]
+
+pub mod server;

@@ -1,0 +1,185 @@
+//! Starting a vtest server under test on a private socket.
+
+use std::fs;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// Which server binary to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerKind {
+    /// Our `vtestd serve`, built by cargo for this test run.
+    Vtestd,
+    /// The reference `virgl_test_server --use-egl-surfaceless` (Debian's virgl-server).
+    Reference,
+}
+
+impl ServerKind {
+    /// The server the suite exercises: vtestd, unless `VTESTD_TEST_SERVER=reference`
+    /// asks for the reference server (used to check the tests themselves).
+    pub fn under_test() -> ServerKind {
+        match std::env::var("VTESTD_TEST_SERVER").as_deref() {
+            Ok("reference") => ServerKind::Reference,
+            _ => ServerKind::Vtestd,
+        }
+    }
+}
+
+/// Path of the vtestd binary cargo built for the integration tests.
+pub fn vtestd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vtestd"))
+}
+
+/// A fresh, empty directory under /tmp, removed by [`Server`]'s drop.
+pub fn unique_dir(tag: &str) -> PathBuf {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let dir = PathBuf::from(format!("/tmp/vtestd-{tag}-{}-{n}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("create test dir");
+    dir
+}
+
+/// A running server; killed (SIGTERM, then SIGKILL) and its directory removed on drop.
+pub struct Server {
+    pub kind: ServerKind,
+    child: Option<Child>,
+    dir: PathBuf,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts a server of `kind` with default options on `<dir>/.virgl_test`.
+    pub fn start(kind: ServerKind) -> Server {
+        Self::start_with(kind, &[])
+    }
+
+    /// Starts a server with extra arguments (after the socket path).
+    pub fn start_with(kind: ServerKind, extra: &[&str]) -> Server {
+        let tag = match kind {
+            ServerKind::Vtestd => "vtestd",
+            ServerKind::Reference => "ref",
+        };
+        let dir = unique_dir(tag);
+        let socket = dir.join(".virgl_test");
+        let log = dir.join("server.log");
+        let mut cmd = match kind {
+            ServerKind::Vtestd => {
+                let mut c = Command::new(vtestd_bin());
+                c.arg("serve");
+                c.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+                c
+            }
+            ServerKind::Reference => {
+                let mut c = Command::new("virgl_test_server");
+                c.arg("--use-egl-surfaceless");
+                c
+            }
+        };
+        cmd.arg(format!("--socket-path={}", socket.display()));
+        cmd.args(extra);
+        cmd.stdin(Stdio::null());
+        cmd.stdout(Stdio::from(fs::File::create(dir.join("server.stdout")).unwrap()));
+        cmd.stderr(Stdio::from(fs::File::create(&log).unwrap()));
+        let child = cmd.spawn().expect("spawn server");
+        let server = Server {
+            kind,
+            child: Some(child),
+            dir,
+            socket,
+            log,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.socket.exists() {
+                return;
+            }
+            sleep(Duration::from_millis(20));
+        }
+        panic!("server socket {} never appeared; log:\n{}", self.socket.display(), self.log_text());
+    }
+
+    /// The socket the server listens on.
+    pub fn socket_path(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The private directory holding the socket (bind it over /tmp for Mesa clients).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The server's (broker's) pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Everything the server has written to stderr so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the server process is still running.
+    pub fn is_alive(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Connects a raw stream to the server.
+    pub fn connect(&self) -> UnixStream {
+        UnixStream::connect(&self.socket).expect("connect to server")
+    }
+
+    /// A command that runs `program args...` in a private mount namespace where
+    /// this server's directory is bind-mounted over /tmp, so Mesa's fixed
+    /// `/tmp/.virgl_test` is this server's socket.
+    pub fn client_command(&self, program: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("unshare");
+        c.args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg("mount --bind \"$0\" /tmp && exec \"$@\"")
+            .arg(&self.dir)
+            .arg(program)
+            .args(args);
+        c.env("GALLIUM_DRIVER", "virpipe");
+        c
+    }
+
+    /// Sends SIGTERM and waits for the server to exit; returns its exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("--- server log ({:?}) ---\n{}", self.kind, self.log_text());
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
