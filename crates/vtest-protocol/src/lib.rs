@@ -1,1 +1,41 @@
-//! vtest-protocol
+//! The vtest wire protocol, without I/O.
+//!
+//! Requests are framed by command id, never by the header's `LEN` (see
+//! `PROTOCOL.md` §1.3): [`decode`] looks at a byte buffer and either returns one
+//! complete [`Request`] borrowing from it, or says how many bytes it needs.
+//! Replies are built with [`Reply::encode`], which applies the reply quirks of
+//! §1.4 (caps lengths in bytes plus one, replies without headers).
+#![forbid(unsafe_code)]
+
+mod command;
+mod decode;
+mod encode;
+pub use encode::header;
+mod error;
+mod reply;
+mod request;
+mod version;
+mod wire;
+
+pub use command::CommandId;
+pub use decode::{decode, Decoded, Limits};
+pub use error::ProtocolError;
+pub use reply::Reply;
+pub use request::{
+    Batch, BlobType, Request, ResourceCreate, ResourceCreateBlob, SubmitCmd2, SyncPoint, SyncWait,
+    Transfer, Transfer2, TransferBox, BUSY_WAIT_FLAG_WAIT, SUBMIT_CMD2_FLAG_RING_IDX,
+    SYNC_WAIT_FLAG_ANY,
+};
+pub use version::{negotiate, MAX_VERSION};
+pub use wire::HEADER_BYTES;
+
+/// `GET_PARAM` parameter ids.
+pub mod param {
+    /// Number of sync timelines (rings) the server supports.
+    pub const MAX_TIMELINE_COUNT: u32 = 1;
+    /// v4: timeline syncobj support (never valid here).
+    pub const HAS_TIMELINE_SYNCOBJ: u32 = 2;
+}
+
+/// The number of timelines (`ring_idx` values) a context may use.
+pub const MAX_TIMELINE_COUNT: u32 = 64;

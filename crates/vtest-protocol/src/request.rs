@@ -1,0 +1,451 @@
+//! Decoded requests. Values are as the client sent them: every id, size and
+//! box is still untrusted and is checked by the session against its tables.
+
+use crate::wire::{dword, join64};
+use crate::{CommandId, ProtocolError, MAX_TIMELINE_COUNT};
+
+/// `RESOURCE_BUSY_WAIT` flag: block until idle.
+pub const BUSY_WAIT_FLAG_WAIT: u32 = 1;
+/// `SYNC_WAIT` flag: any of the points, not all.
+pub const SYNC_WAIT_FLAG_ANY: u32 = 1;
+/// `SUBMIT_CMD2` batch flag: signal the syncs through a fence on `ring_idx`.
+pub const SUBMIT_CMD2_FLAG_RING_IDX: u32 = 1;
+/// v4 fence-fd flags, not served.
+const SUBMIT_CMD2_FLAGS_V4: u32 = 0b110;
+/// Dwords per `SUBMIT_CMD2` batch header.
+const BATCH_DWORDS: u64 = 8;
+
+/// One decoded request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request<'a> {
+    GetCaps,
+    ResourceCreate(ResourceCreate),
+    ResourceUnref {
+        handle: u32,
+    },
+    TransferGet(Transfer),
+    TransferPut {
+        transfer: Transfer,
+        data: &'a [u8],
+    },
+    SubmitCmd {
+        commands: &'a [u8],
+    },
+    ResourceBusyWait {
+        handle: u32,
+        flags: u32,
+    },
+    CreateRenderer {
+        name: &'a [u8],
+    },
+    GetCaps2,
+    PingProtocolVersion,
+    ProtocolVersion {
+        version: u32,
+    },
+    ResourceCreate2 {
+        args: ResourceCreate,
+        data_size: u32,
+    },
+    TransferGet2(Transfer2),
+    TransferPut2(Transfer2),
+    GetParam {
+        param: u32,
+    },
+    GetCapset {
+        id: u32,
+        version: u32,
+    },
+    ContextInit {
+        capset: u32,
+    },
+    ResourceCreateBlob(ResourceCreateBlob),
+    SyncCreate {
+        value: u64,
+    },
+    SyncUnref {
+        id: u32,
+    },
+    SyncRead {
+        id: u32,
+    },
+    SyncWrite {
+        id: u32,
+        value: u64,
+    },
+    SyncWait(SyncWait<'a>),
+    SubmitCmd2(SubmitCmd2<'a>),
+}
+
+impl Request<'_> {
+    /// The command id this request was sent with.
+    pub fn command(&self) -> CommandId {
+        use CommandId as C;
+        match self {
+            Request::GetCaps => C::GetCaps,
+            Request::ResourceCreate(_) => C::ResourceCreate,
+            Request::ResourceUnref { .. } => C::ResourceUnref,
+            Request::TransferGet(_) => C::TransferGet,
+            Request::TransferPut { .. } => C::TransferPut,
+            Request::SubmitCmd { .. } => C::SubmitCmd,
+            Request::ResourceBusyWait { .. } => C::ResourceBusyWait,
+            Request::CreateRenderer { .. } => C::CreateRenderer,
+            Request::GetCaps2 => C::GetCaps2,
+            Request::PingProtocolVersion => C::PingProtocolVersion,
+            Request::ProtocolVersion { .. } => C::ProtocolVersion,
+            Request::ResourceCreate2 { .. } => C::ResourceCreate2,
+            Request::TransferGet2(_) => C::TransferGet2,
+            Request::TransferPut2(_) => C::TransferPut2,
+            Request::GetParam { .. } => C::GetParam,
+            Request::GetCapset { .. } => C::GetCapset,
+            Request::ContextInit { .. } => C::ContextInit,
+            Request::ResourceCreateBlob(_) => C::ResourceCreateBlob,
+            Request::SyncCreate { .. } => C::SyncCreate,
+            Request::SyncUnref { .. } => C::SyncUnref,
+            Request::SyncRead { .. } => C::SyncRead,
+            Request::SyncWrite { .. } => C::SyncWrite,
+            Request::SyncWait(_) => C::SyncWait,
+            Request::SubmitCmd2(_) => C::SubmitCmd2,
+        }
+    }
+}
+
+/// `RESOURCE_CREATE` arguments (gallium/virgl enums, unchecked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ResourceCreate {
+    pub handle: u32,
+    pub target: u32,
+    pub format: u32,
+    pub bind: u32,
+    pub width: u32,
+    pub height: u32,
+    pub depth: u32,
+    pub array_size: u32,
+    pub last_level: u32,
+    pub nr_samples: u32,
+}
+
+impl ResourceCreate {
+    pub(crate) fn parse(p: &[u8]) -> Self {
+        ResourceCreate {
+            handle: dword(p, 0),
+            target: dword(p, 1),
+            format: dword(p, 2),
+            bind: dword(p, 3),
+            width: dword(p, 4),
+            height: dword(p, 5),
+            depth: dword(p, 6),
+            array_size: dword(p, 7),
+            last_level: dword(p, 8),
+            nr_samples: dword(p, 9),
+        }
+    }
+
+    pub(crate) fn fields(&self) -> [u32; 10] {
+        [
+            self.handle,
+            self.target,
+            self.format,
+            self.bind,
+            self.width,
+            self.height,
+            self.depth,
+            self.array_size,
+            self.last_level,
+            self.nr_samples,
+        ]
+    }
+}
+
+/// A box in texels: origin and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TransferBox {
+    pub x: u32,
+    pub y: u32,
+    pub z: u32,
+    pub w: u32,
+    pub h: u32,
+    pub d: u32,
+}
+
+impl TransferBox {
+    fn parse(p: &[u8], first: usize) -> Self {
+        TransferBox {
+            x: dword(p, first),
+            y: dword(p, first + 1),
+            z: dword(p, first + 2),
+            w: dword(p, first + 3),
+            h: dword(p, first + 4),
+            d: dword(p, first + 5),
+        }
+    }
+
+    pub(crate) fn fields(&self) -> [u32; 6] {
+        [self.x, self.y, self.z, self.w, self.h, self.d]
+    }
+}
+
+/// `TRANSFER_GET` / `TRANSFER_PUT` (v0: data on the socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Transfer {
+    pub handle: u32,
+    pub level: u32,
+    pub stride: u32,
+    pub layer_stride: u32,
+    pub bx: TransferBox,
+    /// Bytes of pixel data.
+    pub data_size: u32,
+}
+
+impl Transfer {
+    pub(crate) fn parse(p: &[u8]) -> Self {
+        Transfer {
+            handle: dword(p, 0),
+            level: dword(p, 1),
+            stride: dword(p, 2),
+            layer_stride: dword(p, 3),
+            bx: TransferBox::parse(p, 4),
+            data_size: dword(p, 10),
+        }
+    }
+}
+
+/// `TRANSFER_GET2` / `TRANSFER_PUT2` (v2: data in the resource's shared memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Transfer2 {
+    pub handle: u32,
+    pub level: u32,
+    pub bx: TransferBox,
+    /// Ignored by servers (the reference too).
+    pub data_size: u32,
+    /// Byte offset into the shared memory.
+    pub offset: u32,
+}
+
+impl Transfer2 {
+    pub(crate) fn parse(p: &[u8]) -> Self {
+        Transfer2 {
+            handle: dword(p, 0),
+            level: dword(p, 1),
+            bx: TransferBox::parse(p, 2),
+            data_size: dword(p, 8),
+            offset: dword(p, 9),
+        }
+    }
+}
+
+/// Blob memory types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobType {
+    Guest,
+    Host3d,
+    Host3dGuest,
+}
+
+impl BlobType {
+    /// The type for wire value `v`.
+    pub fn from_u32(v: u32) -> Option<BlobType> {
+        match v {
+            1 => Some(BlobType::Guest),
+            2 => Some(BlobType::Host3d),
+            3 => Some(BlobType::Host3dGuest),
+            _ => None,
+        }
+    }
+
+    /// The wire (and virglrenderer `blob_mem`) value.
+    pub fn as_u32(self) -> u32 {
+        match self {
+            BlobType::Guest => 1,
+            BlobType::Host3d => 2,
+            BlobType::Host3dGuest => 3,
+        }
+    }
+}
+
+/// `RESOURCE_CREATE_BLOB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceCreateBlob {
+    /// Raw type; see [`BlobType::from_u32`].
+    pub blob_type: u32,
+    pub flags: u32,
+    pub size: u64,
+    pub blob_id: u64,
+}
+
+/// A (sync id, value) pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncPoint {
+    pub id: u32,
+    pub value: u64,
+}
+
+fn sync_points(p: &[u8]) -> impl Iterator<Item = SyncPoint> + '_ {
+    p.chunks_exact(12).map(|c| SyncPoint {
+        id: dword(c, 0),
+        value: join64(dword(c, 1), dword(c, 2)),
+    })
+}
+
+/// `SYNC_WAIT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncWait<'a> {
+    pub flags: u32,
+    /// Milliseconds; above `i32::MAX` means forever; 0 means poll.
+    pub timeout_ms: u32,
+    points: &'a [u8],
+}
+
+impl<'a> SyncWait<'a> {
+    pub(crate) fn parse(p: &'a [u8]) -> Result<Self, ProtocolError> {
+        let dwords = (p.len() / 4) as u32;
+        if dwords < 2 || (dwords - 2) % 3 != 0 {
+            return Err(ProtocolError::MalformedPayload {
+                command: CommandId::SyncWait,
+                dwords,
+                reason: "expected 2 + 3n dwords",
+            });
+        }
+        Ok(SyncWait {
+            flags: dword(p, 0),
+            timeout_ms: dword(p, 1),
+            points: &p[8..],
+        })
+    }
+
+    /// Builds a wait (for encoding).
+    pub fn new(flags: u32, timeout_ms: u32, points: &'a [u8]) -> Self {
+        SyncWait {
+            flags,
+            timeout_ms,
+            points,
+        }
+    }
+
+    /// The points to wait for.
+    pub fn points(&self) -> impl Iterator<Item = SyncPoint> + 'a {
+        sync_points(self.points)
+    }
+
+    /// How many points there are.
+    pub fn len(&self) -> usize {
+        self.points.len() / 12
+    }
+
+    /// Whether there are no points.
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+
+    pub(crate) fn raw_points(&self) -> &'a [u8] {
+        self.points
+    }
+}
+
+/// One validated `SUBMIT_CMD2` batch: every range lies inside the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batch {
+    pub flags: u32,
+    pub cmd_offset: u32,
+    pub cmd_size: u32,
+    pub sync_offset: u32,
+    pub sync_count: u32,
+    pub ring_idx: u32,
+}
+
+impl Batch {
+    /// Whether the syncs are signalled through a fence on `ring_idx`.
+    pub fn uses_ring(&self) -> bool {
+        self.flags & SUBMIT_CMD2_FLAG_RING_IDX != 0
+    }
+}
+
+/// `SUBMIT_CMD2`: batches of command stream with syncs to signal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmitCmd2<'a> {
+    payload: &'a [u8],
+    batches: Vec<Batch>,
+}
+
+impl<'a> SubmitCmd2<'a> {
+    pub(crate) fn parse(p: &'a [u8]) -> Result<Self, ProtocolError> {
+        let dwords = (p.len() / 4) as u64;
+        let malformed = |reason| ProtocolError::MalformedPayload {
+            command: CommandId::SubmitCmd2,
+            dwords: dwords as u32,
+            reason,
+        };
+        if dwords == 0 {
+            return Err(malformed("missing batch count"));
+        }
+        let count = u64::from(dword(p, 0));
+        if 1 + count * BATCH_DWORDS > dwords {
+            return Err(malformed("batch headers past the payload"));
+        }
+        let mut batches = Vec::with_capacity(count as usize);
+        for i in 0..count as usize {
+            let at = 1 + i * BATCH_DWORDS as usize;
+            let b = Batch {
+                flags: dword(p, at),
+                cmd_offset: dword(p, at + 1),
+                cmd_size: dword(p, at + 2),
+                sync_offset: dword(p, at + 3),
+                sync_count: dword(p, at + 4),
+                ring_idx: dword(p, at + 5),
+            };
+            let out = |what| ProtocolError::BatchOutOfBounds {
+                command: CommandId::SubmitCmd2,
+                batch: i as u32,
+                what,
+            };
+            if b.flags & SUBMIT_CMD2_FLAGS_V4 != 0 {
+                return Err(malformed("fence-fd flags need protocol version 4"));
+            }
+            if u64::from(b.cmd_offset) + u64::from(b.cmd_size) > dwords {
+                return Err(out("command stream"));
+            }
+            if u64::from(b.sync_offset) + 3 * u64::from(b.sync_count) > dwords {
+                return Err(out("sync list"));
+            }
+            if b.uses_ring() && b.ring_idx >= MAX_TIMELINE_COUNT {
+                return Err(out("ring index"));
+            }
+            batches.push(b);
+        }
+        Ok(SubmitCmd2 {
+            payload: p,
+            batches,
+        })
+    }
+
+    /// The validated batches, in order.
+    pub fn batches(&self) -> &[Batch] {
+        &self.batches
+    }
+
+    /// The command stream of `batch` (bytes, a multiple of 4).
+    pub fn commands(&self, batch: &Batch) -> &'a [u8] {
+        let start = batch.cmd_offset as usize * 4;
+        &self.payload[start..start + batch.cmd_size as usize * 4]
+    }
+
+    /// The syncs `batch` signals.
+    pub fn syncs(&self, batch: &Batch) -> impl Iterator<Item = SyncPoint> + 'a {
+        let start = batch.sync_offset as usize * 4;
+        sync_points(&self.payload[start..start + batch.sync_count as usize * 12])
+    }
+
+    /// The whole payload, as sent.
+    pub fn payload(&self) -> &'a [u8] {
+        self.payload
+    }
+}
+
+pub(crate) fn blob(p: &[u8]) -> ResourceCreateBlob {
+    ResourceCreateBlob {
+        blob_type: dword(p, 0),
+        flags: dword(p, 1),
+        size: join64(dword(p, 2), dword(p, 3)),
+        blob_id: join64(dword(p, 4), dword(p, 5)),
+    }
+}
