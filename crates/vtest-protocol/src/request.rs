@@ -299,7 +299,7 @@ pub struct SyncWait<'a> {
 impl<'a> SyncWait<'a> {
     pub(crate) fn parse(p: &'a [u8]) -> Result<Self, ProtocolError> {
         let dwords = (p.len() / 4) as u32;
-        if dwords < 2 || (dwords - 2) % 3 != 0 {
+        if dwords < 2 || !(dwords - 2).is_multiple_of(3) {
             return Err(ProtocolError::MalformedPayload {
                 command: CommandId::SyncWait,
                 dwords,
