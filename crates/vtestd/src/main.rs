@@ -1,1 +1,32 @@
-fn main() {}
+//! `vtestd`: a vtest server for Mesa's virgl driver that serves every client
+//! from its own worker process.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod logging;
+mod serve;
+mod worker;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cli.command {
+        cli::Command::Serve(args) => {
+            logging::init("vtestd");
+            match serve::run(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{}", logging::chain(e.as_ref()));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        cli::Command::Worker(args) => {
+            logging::init("vtestd-worker");
+            worker::run(args)
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! Broker errors: all fatal for the broker (client errors never reach here).
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("another server is listening on {0}")]
+    AddressInUse(PathBuf),
+    #[error("cannot bind {path}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("event loop")]
+    EventLoop(#[source] nix::Error),
+    #[error("signal handling")]
+    Signals(#[source] nix::Error),
+}

@@ -1,0 +1,153 @@
+//! The control messages, one enum per direction. No I/O here.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Broker -> worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BrokerMsg {
+    /// Carries exactly one fd: the accepted client socket.
+    Attach { client: ClientInfo },
+    /// Finish the current client (if any) and exit.
+    Shutdown,
+}
+
+/// Who the attached client is, as the broker saw it on accept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    /// Broker-assigned, unique for the broker's lifetime.
+    pub client_id: u64,
+    /// Peer credentials from `SO_PEERCRED`.
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Name (or path) of the listener the client connected to.
+    pub listener: String,
+}
+
+/// Worker -> broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerMsg {
+    /// Initialised (EGL + renderer), waiting for a client.
+    Ready { pid: u32 },
+    /// The worker took the client and starts serving it.
+    Attached { client_id: u64 },
+    /// Periodic statistics.
+    Stats(SessionStats),
+    /// The client session ended (the worker exits right after).
+    Finished {
+        stats: SessionStats,
+        reason: ExitReason,
+    },
+    /// Sent from the SIGSYS handler before the worker dies.
+    SeccompViolation { syscall: i64 },
+}
+
+/// Counters of one client session, cumulative since attach.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionStats {
+    pub commands: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub resources_created: u64,
+    pub live_resources: u64,
+    pub shm_bytes: u64,
+    pub fences_submitted: u64,
+    pub fences_completed: u64,
+    pub fds_sent: u64,
+}
+
+/// Why a client session ended.
+///
+/// Reasons travel in one packet: keep the strings short (a `Finished` over
+/// `MAX_MESSAGE` bytes cannot be sent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitReason {
+    /// Normal EOF from the client.
+    ClientDisconnected,
+    /// Malformed or unsupported request.
+    ProtocolError {
+        reason: String,
+    },
+    RendererError {
+        reason: String,
+    },
+    LimitExceeded {
+        limit: String,
+        value: u64,
+        max: u64,
+    },
+    IoError {
+        reason: String,
+    },
+    /// The broker asked the worker to stop.
+    Shutdown,
+    InitFailed {
+        reason: String,
+    },
+}
+
+impl fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ClientDisconnected => f.write_str("client disconnected"),
+            Self::ProtocolError { reason } => write!(f, "protocol error: {reason}"),
+            Self::RendererError { reason } => write!(f, "renderer error: {reason}"),
+            Self::LimitExceeded { limit, value, max } => {
+                write!(f, "limit exceeded: {limit} {value} > {max}")
+            }
+            Self::IoError { reason } => write!(f, "I/O error: {reason}"),
+            Self::Shutdown => f.write_str("shut down by broker"),
+            Self::InitFailed { reason } => write!(f, "initialisation failed: {reason}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_reason_display_is_short_and_specific() {
+        let cases = [
+            (ExitReason::ClientDisconnected, "client disconnected"),
+            (
+                ExitReason::ProtocolError {
+                    reason: "unknown command id 99".into(),
+                },
+                "protocol error: unknown command id 99",
+            ),
+            (
+                ExitReason::RendererError {
+                    reason: "context creation failed".into(),
+                },
+                "renderer error: context creation failed",
+            ),
+            (
+                ExitReason::LimitExceeded {
+                    limit: "resources".into(),
+                    value: 4097,
+                    max: 4096,
+                },
+                "limit exceeded: resources 4097 > 4096",
+            ),
+            (
+                ExitReason::IoError {
+                    reason: "broken pipe".into(),
+                },
+                "I/O error: broken pipe",
+            ),
+            (ExitReason::Shutdown, "shut down by broker"),
+            (
+                ExitReason::InitFailed {
+                    reason: "no EGL display".into(),
+                },
+                "initialisation failed: no EGL display",
+            ),
+        ];
+        for (reason, text) in cases {
+            assert_eq!(reason.to_string(), text);
+        }
+    }
+}

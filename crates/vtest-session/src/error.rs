@@ -1,0 +1,53 @@
+//! Why a session ended badly. Every variant closes the client's connection.
+
+use vtest_protocol::{CommandId, ProtocolError};
+
+use crate::BackendError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("renderer context could not be created")]
+    ContextFailed,
+    #[error("first command was {0:?}, not CREATE_RENDERER")]
+    ContextMissing(CommandId),
+    #[error("invalid {command:?}: {reason}")]
+    InvalidArgument { command: CommandId, reason: String },
+    #[error("I/O error on the client socket")]
+    Io(#[source] std::io::Error),
+    #[error("limit {limit} exceeded: {value} > {max}")]
+    LimitExceeded {
+        limit: &'static str,
+        value: u64,
+        max: u64,
+    },
+    #[error("malformed request")]
+    Protocol(#[from] ProtocolError),
+    #[error("{command:?}")]
+    Renderer {
+        command: CommandId,
+        #[source]
+        source: BackendError,
+    },
+    #[error("resource handle {0} already exists")]
+    ResourceExists(u32),
+    #[error("{command:?} on unknown resource {handle}")]
+    UnknownResource { command: CommandId, handle: u32 },
+    #[error("{command:?} on unknown sync {id}")]
+    UnknownSync { command: CommandId, id: u32 },
+    #[error("unexpected {0:?}")]
+    UnexpectedCommand(CommandId),
+}
+
+impl SessionError {
+    /// The full reason, with every source in the chain.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        text
+    }
+}

@@ -1,0 +1,208 @@
+//! The real backend: virglrenderer through `vtest-renderer`.
+
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use vtest_protocol::{ResourceCreate, ResourceCreateBlob};
+use vtest_renderer::{
+    BlobArgs, BlobFdType, BoxRegion, Renderer, RendererError, ResourceCreateArgs, SharedMemory,
+    Transfer,
+};
+
+use crate::backend::TransferArgs;
+use crate::{Backend, BackendError, ContextFence};
+
+/// virglrenderer, initialised once in this worker process.
+pub struct VirglBackend {
+    renderer: Renderer,
+    context: Option<u32>,
+}
+
+impl VirglBackend {
+    /// Wraps an initialised renderer.
+    pub fn new(renderer: Renderer) -> Self {
+        VirglBackend {
+            renderer,
+            context: None,
+        }
+    }
+}
+
+fn err(operation: &'static str) -> impl FnOnce(RendererError) -> BackendError {
+    move |e| BackendError::new(operation, e)
+}
+
+fn transfer(t: &TransferArgs) -> Transfer {
+    Transfer {
+        handle: t.handle,
+        level: t.level,
+        stride: t.stride,
+        layer_stride: t.layer_stride,
+        bx: BoxRegion {
+            x: t.bx.x,
+            y: t.bx.y,
+            z: t.bx.z,
+            w: t.bx.w,
+            h: t.bx.h,
+            d: t.bx.d,
+        },
+        offset: t.offset,
+    }
+}
+
+impl Backend for VirglBackend {
+    fn capset_info(&self, set: u32) -> (u32, u32) {
+        Renderer::capset_info(set)
+    }
+
+    fn fill_caps(&self, set: u32, version: u32) -> Vec<u8> {
+        self.renderer.fill_caps(set, version)
+    }
+
+    fn context_create(
+        &mut self,
+        ctx_id: u32,
+        capset: Option<u32>,
+        name: &[u8],
+    ) -> Result<(), BackendError> {
+        match capset {
+            None => self.renderer.context_create(ctx_id, name),
+            Some(c) => self.renderer.context_create_with_capset(ctx_id, c, name),
+        }
+        .map_err(err("context_create"))?;
+        self.context = Some(ctx_id);
+        Ok(())
+    }
+
+    fn resource_create(
+        &mut self,
+        ctx_id: u32,
+        a: &ResourceCreate,
+        backing: Option<SharedMemory>,
+    ) -> Result<(), BackendError> {
+        let args = ResourceCreateArgs {
+            handle: a.handle,
+            target: a.target,
+            format: a.format,
+            bind: a.bind,
+            width: a.width,
+            height: a.height,
+            depth: a.depth,
+            array_size: a.array_size,
+            last_level: a.last_level,
+            nr_samples: a.nr_samples,
+            flags: 0,
+        };
+        self.renderer
+            .resource_create(ctx_id, &args, backing)
+            .map_err(err("resource_create"))
+    }
+
+    fn resource_create_blob(
+        &mut self,
+        ctx_id: u32,
+        handle: u32,
+        blob: &ResourceCreateBlob,
+        backing: Option<SharedMemory>,
+    ) -> Result<(), BackendError> {
+        let args = BlobArgs {
+            res_handle: handle,
+            ctx_id,
+            blob_mem: blob.blob_type,
+            blob_flags: blob.flags,
+            blob_id: blob.blob_id,
+            size: blob.size,
+        };
+        self.renderer
+            .resource_create_blob(&args, backing)
+            .map_err(err("resource_create_blob"))
+    }
+
+    fn resource_export_blob(&mut self, handle: u32) -> Result<OwnedFd, BackendError> {
+        let (kind, fd) = self
+            .renderer
+            .resource_export_blob(handle)
+            .map_err(err("resource_export_blob"))?;
+        match kind {
+            BlobFdType::Dmabuf | BlobFdType::Shm => Ok(fd),
+            BlobFdType::Opaque => Err(BackendError::new(
+                "resource_export_blob",
+                "opaque fds cannot be shared with a client",
+            )),
+        }
+    }
+
+    fn resource_unref(&mut self, handle: u32) {
+        self.renderer.resource_unref(handle);
+    }
+
+    fn transfer_read(
+        &mut self,
+        ctx_id: u32,
+        t: &TransferArgs,
+        data: Option<&mut [u8]>,
+    ) -> Result<(), BackendError> {
+        self.renderer
+            .transfer_read(ctx_id, &transfer(t), data)
+            .map_err(err("transfer_read"))
+    }
+
+    fn transfer_write(
+        &mut self,
+        ctx_id: u32,
+        t: &TransferArgs,
+        data: Option<&[u8]>,
+    ) -> Result<(), BackendError> {
+        self.renderer
+            .transfer_write(ctx_id, &transfer(t), data)
+            .map_err(err("transfer_write"))
+    }
+
+    fn submit_cmd(&mut self, ctx_id: u32, commands: &[u32]) -> Result<(), BackendError> {
+        self.renderer
+            .submit_cmd(ctx_id, commands)
+            .map_err(err("submit_cmd"))
+    }
+
+    fn create_fence(&mut self, fence_id: u32) -> Result<(), BackendError> {
+        self.renderer
+            .create_fence(fence_id)
+            .map_err(err("create_fence"))
+    }
+
+    fn context_create_fence(
+        &mut self,
+        ctx_id: u32,
+        ring_idx: u32,
+        fence_id: u64,
+    ) -> Result<(), BackendError> {
+        self.renderer
+            .context_create_fence(ctx_id, ring_idx, fence_id)
+            .map_err(err("context_create_fence"))
+    }
+
+    fn poll(&mut self) {
+        self.renderer.poll();
+        if let Some(ctx) = self.context {
+            self.renderer.context_poll(ctx);
+        }
+    }
+
+    fn last_completed_fence(&self) -> u32 {
+        self.renderer.last_completed_fence()
+    }
+
+    fn take_context_fences(&mut self) -> Vec<ContextFence> {
+        self.renderer
+            .take_context_fences()
+            .into_iter()
+            .map(|f| ContextFence {
+                ring_idx: f.ring_idx,
+                fence_id: f.fence_id,
+            })
+            .collect()
+    }
+
+    fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.renderer.poll_fd()
+    }
+}

@@ -1,0 +1,139 @@
+//! Command line. `serve` accepts the reference server's flags in both
+//! `--flag=value` and `--flag value` forms.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The reference server's default socket.
+pub const DEFAULT_SOCKET: &str = "/tmp/.virgl_test";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vtestd",
+    version,
+    about = "Sandboxed vtest server for Mesa's virgl driver"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Listen for vtest clients and serve each from its own worker process.
+    Serve(ServeArgs),
+    /// Internal: serve one client handed over by the broker.
+    #[command(hide = true)]
+    Worker(RendererArgs),
+}
+
+/// Renderer backend choice, shared by `serve` and `worker`.
+#[derive(Debug, Clone, Args)]
+pub struct RendererArgs {
+    /// Use EGL without a display (the default; llvmpipe without a GPU).
+    #[arg(long)]
+    pub use_egl_surfaceless: bool,
+    /// Use OpenGL ES instead of desktop OpenGL.
+    #[arg(long)]
+    pub use_gles: bool,
+    /// Render on this DRM render node through GBM (e.g. /dev/dri/renderD128).
+    #[arg(long, value_name = "PATH")]
+    pub rendernode: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Socket to listen on.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    pub socket_path: PathBuf,
+    #[command(flatten)]
+    pub renderer: RendererArgs,
+    /// Accepted for compatibility: every client always gets its own worker.
+    #[arg(long)]
+    pub no_fork: bool,
+    /// Accepted for compatibility: every client always gets its own worker.
+    #[arg(long)]
+    pub multi_clients: bool,
+    /// Serve one client (in its own worker), then exit.
+    #[arg(long)]
+    pub no_loop_or_fork: bool,
+}
+
+impl RendererArgs {
+    /// The same choice as `worker` arguments.
+    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = Vec::new();
+        if self.use_egl_surfaceless {
+            args.push("--use-egl-surfaceless".into());
+        }
+        if self.use_gles {
+            args.push("--use-gles".into());
+        }
+        if let Some(node) = &self.rendernode {
+            args.push("--rendernode".into());
+            args.push(node.clone().into_os_string());
+        }
+        args
+    }
+
+    /// Surfaceless EGL unless a render node is named.
+    pub fn options(&self) -> vtest_renderer::RendererOptions {
+        vtest_renderer::RendererOptions {
+            surfaceless: self.rendernode.is_none() || self.use_egl_surfaceless,
+            gles: self.use_gles,
+            render_node: self.rendernode.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_flags_parse_in_both_forms() {
+        for argv in [
+            &[
+                "vtestd",
+                "serve",
+                "--socket-path=/x",
+                "--rendernode=/dev/dri/renderD128",
+            ][..],
+            &[
+                "vtestd",
+                "serve",
+                "--socket-path",
+                "/x",
+                "--rendernode",
+                "/dev/dri/renderD128",
+            ][..],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let Command::Serve(s) = cli.command else {
+                panic!("not serve")
+            };
+            assert_eq!(s.socket_path, PathBuf::from("/x"));
+            assert_eq!(
+                s.renderer.rendernode,
+                Some(PathBuf::from("/dev/dri/renderD128"))
+            );
+        }
+        let cli = Cli::try_parse_from([
+            "vtestd",
+            "serve",
+            "--use-egl-surfaceless",
+            "--use-gles",
+            "--no-fork",
+            "--multi-clients",
+            "--no-loop-or-fork",
+        ])
+        .unwrap();
+        let Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(s.socket_path, PathBuf::from(DEFAULT_SOCKET));
+        assert!(s.renderer.use_gles && s.no_fork && s.multi_clients && s.no_loop_or_fork);
+        assert!(Cli::try_parse_from(["vtestd", "serve", "--bogus"]).is_err());
+    }
+}

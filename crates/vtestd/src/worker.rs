@@ -1,0 +1,145 @@
+//! `vtestd worker`: initialise the renderer, take one client, serve it, exit.
+//!
+//! The control channel is the worker's stdin (see `vtest_broker::WorkerCommand`).
+
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::process::ExitCode;
+
+use tracing::{info, warn};
+use vtest_control::{expect_one_fd, BrokerMsg, Channel, ExitReason, WorkerMsg};
+use vtest_renderer::Renderer;
+use vtest_session::{Session, SessionError, SessionLimits, VirglBackend};
+
+use crate::cli::RendererArgs;
+
+/// Typed exit codes, so the broker (and a human) can tell why a worker ended
+/// even when its last message did not arrive.
+#[derive(Debug, Clone, Copy)]
+#[repr(u8)]
+enum Exit {
+    Clean = 0,
+    ClientError = 3,
+    InitFailed = 4,
+    ControlFailed = 5,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(e as u8)
+    }
+}
+
+/// Longest reason text sent to the broker (the control channel caps messages).
+const MAX_REASON: usize = 512;
+
+fn truncated(mut s: String) -> String {
+    if s.len() > MAX_REASON {
+        let mut end = MAX_REASON;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+pub fn run(args: RendererArgs) -> ExitCode {
+    let channel = match std::io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => Channel::from_fd(fd),
+        Err(e) => {
+            warn!(error = %e, "no control channel on stdin");
+            return Exit::ControlFailed.into();
+        }
+    };
+    let renderer = match Renderer::new(&args.options()) {
+        Ok(r) => r,
+        Err(e) => {
+            let reason = truncated(e.to_string());
+            warn!(%reason, "renderer initialisation failed");
+            let _ = channel.send(
+                &WorkerMsg::Finished {
+                    stats: Default::default(),
+                    reason: ExitReason::InitFailed { reason },
+                },
+                &[],
+            );
+            return Exit::InitFailed.into();
+        }
+    };
+    let _ = channel.send(
+        &WorkerMsg::Ready {
+            pid: std::process::id(),
+        },
+        &[],
+    );
+    let (client, stream) = match channel.recv::<BrokerMsg>() {
+        Ok((BrokerMsg::Attach { client }, fds)) => match expect_one_fd(fds) {
+            Ok(fd) => (client, UnixStream::from(fd)),
+            Err(e) => {
+                warn!(error = %e, "attach without a client fd");
+                return Exit::ControlFailed.into();
+            }
+        },
+        Ok((BrokerMsg::Shutdown, _)) => return Exit::Clean.into(),
+        Err(e) => {
+            warn!(error = %e, "control channel");
+            return Exit::ControlFailed.into();
+        }
+    };
+    let _ = channel.send(
+        &WorkerMsg::Attached {
+            client_id: client.client_id,
+        },
+        &[],
+    );
+    let backend = VirglBackend::new(renderer);
+    let mut session = match Session::new(backend, stream, SessionLimits::default()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "client socket");
+            return Exit::ClientError.into();
+        }
+    };
+    let result = session.run();
+    let stats = session.stats();
+    let name = session.client_name();
+    let (reason, exit) = match &result {
+        Ok(()) => {
+            info!(
+                client = client.client_id,
+                peer_pid = client.pid,
+                uid = client.uid,
+                name,
+                commands = stats.commands,
+                "client disconnected"
+            );
+            (ExitReason::ClientDisconnected, Exit::Clean)
+        }
+        Err(e) => {
+            let text = truncated(e.chain());
+            warn!(client = client.client_id, peer_pid = client.pid, uid = client.uid,
+                  gid = client.gid, name, reason = %text, "closing client");
+            (exit_reason(e, text), Exit::ClientError)
+        }
+    };
+    // Release the client's resources before the renderer goes away.
+    drop(session);
+    let _ = channel.send(&WorkerMsg::Finished { stats, reason }, &[]);
+    exit.into()
+}
+
+fn exit_reason(e: &SessionError, reason: String) -> ExitReason {
+    match e {
+        SessionError::LimitExceeded { limit, value, max } => ExitReason::LimitExceeded {
+            limit: (*limit).to_string(),
+            value: *value,
+            max: *max,
+        },
+        SessionError::Io(_) => ExitReason::IoError { reason },
+        SessionError::Renderer { .. } | SessionError::ContextFailed => {
+            ExitReason::RendererError { reason }
+        }
+        _ => ExitReason::ProtocolError { reason },
+    }
+}
