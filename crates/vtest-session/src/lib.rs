@@ -21,6 +21,6 @@ mod virgl;
 pub use backend::{Backend, BackendError, ContextFence};
 pub use error::SessionError;
 pub use limits::SessionLimits;
-pub use null::NullBackend;
+pub use null::{NullBackend, NULL_BAD_COMMAND};
 pub use session::Session;
 pub use virgl::VirglBackend;

@@ -43,12 +43,16 @@ impl<B: Backend> Session<B> {
             self.dispatcher.flush()?;
             let timeout = self.poll_timeout();
             let (client_ready, fence_ready) = self.wait_for_events(timeout)?;
-            if fence_ready {
+            // Without a poll fd the backend retires fences synchronously.
+            if fence_ready || self.dispatcher.fence_fd().is_none() {
                 self.dispatcher.retire_fences();
             }
             self.dispatcher.expire_waits(Instant::now());
             if client_ready && !self.read_and_dispatch()? {
                 return Ok(());
+            }
+            if self.dispatcher.fence_fd().is_none() {
+                self.dispatcher.retire_fences();
             }
         }
     }

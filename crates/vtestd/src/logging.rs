@@ -1,5 +1,7 @@
 //! Logging to stderr through `tracing`; `RUST_LOG` filters (default `info`).
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 pub fn init(_process: &str) {
@@ -7,6 +9,7 @@ pub fn init(_process: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }
