@@ -1,3 +1,145 @@
-//! End-to-end tests (isolation).
+//! Crash isolation: one client's worker dying (SIGKILL, SIGSEGV) ends only
+//! that client; the broker and the other clients carry on.
 
 mod common;
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::time::Duration;
+
+use common::procs::{alive, children, eventually, wait_for_children};
+use common::server::{Server, ServerKind};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use vtest_client::{Box3, Client, ResourceArgs, Transfer2Args};
+
+/// A v2 client holding one 64x64 texture with shared memory.
+struct Tenant {
+    client: Client,
+    shm: File,
+    handle: u32,
+}
+
+impl Tenant {
+    fn connect(server: &Server, name: &str) -> Tenant {
+        let mut client = Client::connect(server.socket_path()).expect("connect");
+        assert_eq!(client.handshake(name, 2).expect("handshake"), 2);
+        let args = ResourceArgs::texture_2d(64, 64).with_handle(1);
+        let (handle, fd) = client
+            .resource_create2(&args, 64 * 64 * 4)
+            .expect("create2");
+        Tenant {
+            client,
+            shm: File::from(fd.expect("memfd")),
+            handle,
+        }
+    }
+
+    /// Uploads a pattern, clears the memory, reads it back through the renderer.
+    fn round_trip(&mut self, seed: u8) {
+        let pattern: Vec<u8> = (0..64 * 64 * 4)
+            .map(|i| (i as u8).wrapping_add(seed))
+            .collect();
+        self.shm.write_all_at(&pattern, 0).unwrap();
+        let t = Transfer2Args {
+            handle: self.handle,
+            level: 0,
+            bx: Box3::rect(64, 64),
+            data_size: pattern.len() as u32,
+            offset: 0,
+        };
+        self.client.transfer_put2(&t).unwrap();
+        assert!(!self.client.busy_wait(self.handle, true).unwrap());
+        self.shm.write_all_at(&vec![0; pattern.len()], 0).unwrap();
+        self.client.transfer_get2(&t).unwrap();
+        assert!(!self.client.busy_wait(self.handle, true).unwrap());
+        let mut back = vec![0; pattern.len()];
+        self.shm.read_exact_at(&mut back, 0).unwrap();
+        assert!(back == pattern, "data came back changed");
+    }
+}
+
+fn crash_one_of_two(signal: Signal) {
+    let mut server = Server::start(ServerKind::Vtestd);
+    let broker = server.pid();
+    let mut a = Tenant::connect(&server, "tenant-a");
+    let worker_a = wait_for_children(broker, 1);
+    assert_eq!(worker_a.len(), 1, "one worker for one client");
+    let mut b = Tenant::connect(&server, "tenant-b");
+    let workers = wait_for_children(broker, 2);
+    let worker_b: Vec<u32> = workers
+        .into_iter()
+        .filter(|p| !worker_a.contains(p))
+        .collect();
+    assert_eq!(worker_b.len(), 1, "a second worker for the second client");
+    let worker_b = worker_b[0];
+    a.round_trip(1);
+    b.round_trip(2);
+
+    kill(Pid::from_raw(worker_b as i32), signal).unwrap();
+    b.client
+        .expect_disconnect(Duration::from_secs(10))
+        .expect("the crashed client is disconnected");
+    assert!(eventually(10, || !alive(worker_b)), "crashed worker reaped");
+
+    // The other tenant carries on with its work, on the same worker.
+    a.round_trip(3);
+    assert!(
+        eventually(10, || children(broker) == worker_a),
+        "only the other tenant's worker is left: {:?}",
+        children(broker)
+    );
+    assert!(server.is_alive(), "broker survives");
+
+    // And a new client is served by a fresh worker.
+    let mut c = Tenant::connect(&server, "tenant-c");
+    c.round_trip(4);
+    let log = server.log_text();
+    assert!(
+        log.contains(&format!("worker killed by {signal}")),
+        "broker logs the signal; log:\n{log}"
+    );
+}
+
+#[test]
+fn sigkill_of_a_worker_ends_only_its_client() {
+    crash_one_of_two(Signal::SIGKILL);
+}
+
+#[test]
+fn sigsegv_of_a_worker_ends_only_its_client() {
+    crash_one_of_two(Signal::SIGSEGV);
+}
+
+#[test]
+fn each_client_gets_its_own_worker_process_and_workers_exit() {
+    let server = Server::start(ServerKind::Vtestd);
+    let broker = server.pid();
+    let mut seen = Vec::new();
+    for i in 0..3 {
+        let mut t = Tenant::connect(&server, &format!("seq-{i}"));
+        let w = wait_for_children(broker, 1);
+        assert_eq!(w.len(), 1);
+        assert!(!seen.contains(&w[0]), "a worker is never reused");
+        seen.push(w[0]);
+        t.round_trip(i as u8);
+        drop(t);
+        assert!(
+            eventually(10, || children(broker).is_empty()),
+            "the worker exits when its client leaves"
+        );
+    }
+}
+
+#[test]
+fn sigterm_stops_the_broker_its_workers_and_removes_the_socket() {
+    let mut server = Server::start(ServerKind::Vtestd);
+    let broker = server.pid();
+    let _a = Tenant::connect(&server, "held");
+    let workers = wait_for_children(broker, 1);
+    assert_eq!(workers.len(), 1);
+    let status = server.stop().expect("stopped");
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    assert!(!server.socket_path().exists(), "socket removed");
+    assert!(eventually(5, || !alive(workers[0])), "worker ended too");
+}

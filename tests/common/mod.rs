@@ -2,4 +2,7 @@
 //! `virgl_test_server`) on a private socket, and run real clients against it.
 #![allow(dead_code)]
 
+pub mod mesa;
+pub mod procs;
 pub mod server;
+pub mod xvfb;

@@ -45,6 +45,12 @@ fn truncated(mut s: String) -> String {
 }
 
 pub fn run(args: RendererArgs) -> ExitCode {
+    let hardening = vtest_sandbox::signals::die_on_fault_signals()
+        .and_then(|()| vtest_sandbox::rlimits::no_core_dumps());
+    if let Err(e) = hardening {
+        warn!(error = %e, "cannot set up the worker process");
+        return Exit::InitFailed.into();
+    }
     let channel = match std::io::stdin().as_fd().try_clone_to_owned() {
         Ok(fd) => Channel::from_fd(fd),
         Err(e) => {
