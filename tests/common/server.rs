@@ -71,7 +71,10 @@ impl Server {
             ServerKind::Vtestd => {
                 let mut c = Command::new(vtestd_bin());
                 c.arg("serve");
-                c.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+                c.env(
+                    "RUST_LOG",
+                    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+                );
                 c
             }
             ServerKind::Reference => {
@@ -83,10 +86,12 @@ impl Server {
         cmd.arg(format!("--socket-path={}", socket.display()));
         cmd.args(extra);
         cmd.stdin(Stdio::null());
-        cmd.stdout(Stdio::from(fs::File::create(dir.join("server.stdout")).unwrap()));
+        cmd.stdout(Stdio::from(
+            fs::File::create(dir.join("server.stdout")).unwrap(),
+        ));
         cmd.stderr(Stdio::from(fs::File::create(&log).unwrap()));
         let child = cmd.spawn().expect("spawn server");
-        let server = Server {
+        let mut server = Server {
             kind,
             child: Some(child),
             dir,
@@ -97,15 +102,38 @@ impl Server {
         server
     }
 
-    fn wait_ready(&self) {
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if self.socket.exists() {
+            // vtestd binds and listens in one step; the reference's socket
+            // file appears at bind(), before listen(), so it is probed.
+            let ready = match self.kind {
+                ServerKind::Vtestd => self.socket.exists(),
+                ServerKind::Reference => UnixStream::connect(&self.socket).is_ok(),
+            };
+            if ready {
                 return;
+            }
+            // Fail at once (not after 20 s) when the server has already exited.
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                panic!(
+                    "server exited ({status}) before its socket {} appeared; log:\n{}",
+                    self.socket.display(),
+                    self.log_text()
+                );
             }
             sleep(Duration::from_millis(20));
         }
-        panic!("server socket {} never appeared; log:\n{}", self.socket.display(), self.log_text());
+        panic!(
+            "server socket {} never appeared; log:\n{}",
+            self.socket.display(),
+            self.log_text()
+        );
     }
 
     /// The socket the server listens on.
