@@ -108,9 +108,10 @@ class Xvfb:
 class Server:
     """A vtest server listening on <private dir>/.virgl_test."""
 
-    def __init__(self, label, argv):
+    def __init__(self, label, argv, env=None):
         self.label = label
         self.argv = list(argv)
+        self.env = env
         self.dir = tempfile.mkdtemp(prefix="bench-%s-" % label)
         self.socket = os.path.join(self.dir, ".virgl_test")
         self.log_path = os.path.join(self.dir, "server.log")
@@ -134,7 +135,7 @@ class Server:
             self.logf.close()
         self.logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.logf,
-                                     stderr=self.logf, start_new_session=True)
+                                     stderr=self.logf, start_new_session=True, env=self.env)
         deadline = time.monotonic() + 20
         while not os.path.exists(self.socket):
             if self.proc.poll() is not None:
@@ -354,6 +355,11 @@ def main():
     ap.add_argument("--latency-gap-ms", type=float, default=10,
                     help="pause after each latency client, so that one server's teardown "
                     "overlaps the other's set-up less (default %(default)s)")
+    ap.add_argument("--shader-cache", choices=["off", "on"], default="off",
+                    help="Mesa's on-disk shader cache for BOTH servers (default off, vtestd's "
+                    "default). off: the reference runs with MESA_SHADER_CACHE_DISABLE=true. "
+                    "on: vtestd gets --shader-cache-dir and the reference MESA_SHADER_CACHE_DIR, "
+                    "each a fresh directory, so both start cold")
     ap.add_argument("--skip-glmark2", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--json", metavar="FILE", help="also write all results as JSON")
@@ -370,6 +376,16 @@ def main():
                      "or pass --vtestd / --vtestd-cmd" % args.vtestd)
         vtestd_argv = [args.vtestd, "serve"]
     reference_argv = shlex.split(args.reference_cmd)
+    reference_env = dict(os.environ)
+    cache_dirs = []
+    if args.shader_cache == "on":
+        cache_dirs = [tempfile.mkdtemp(prefix="bench-cache-") for _ in range(2)]
+        if not args.vtestd_cmd:
+            vtestd_argv.append("--shader-cache-dir=" + cache_dirs[0])
+        reference_env.pop("MESA_SHADER_CACHE_DISABLE", None)
+        reference_env["MESA_SHADER_CACHE_DIR"] = cache_dirs[1]
+    else:
+        reference_env["MESA_SHADER_CACHE_DISABLE"] = "true"
     scenes = [s.strip() for s in args.scenes.split(",") if s.strip()]
 
     xvfb = None
@@ -377,6 +393,7 @@ def main():
     results = {
         "vtestd_cmd": shlex.join(vtestd_argv),
         "reference_cmd": shlex.join(reference_argv),
+        "shader_cache": args.shader_cache,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "loadavg_start": os.getloadavg(),
         "cpus": os.cpu_count(),
@@ -385,7 +402,7 @@ def main():
     try:
         xvfb = Xvfb()
         servers.append(Server("vtestd", vtestd_argv))
-        servers.append(Server("reference", reference_argv))
+        servers.append(Server("reference", reference_argv, env=reference_env))
         log("Xvfb %s; vtestd: %s; reference: %s" % (
             xvfb.display, results["vtestd_cmd"], results["reference_cmd"]))
 
@@ -407,6 +424,8 @@ def main():
             s.cleanup(args.keep_logs)
         if xvfb:
             xvfb.stop()
+        for d in cache_dirs:
+            shutil.rmtree(d, ignore_errors=True)
 
     report(results, errors)
     if args.json:
@@ -421,6 +440,7 @@ def report(results, errors):
     out = []
     out.append("vtestd:    %s" % results["vtestd_cmd"])
     out.append("reference: %s" % results["reference_cmd"])
+    out.append("Mesa shader cache: %s for both servers" % results["shader_cache"])
     if "glmark2" in results:
         g = results["glmark2"]
         out.append("")

@@ -192,7 +192,7 @@ impl Broker {
                 return;
             }
         };
-        let worker_pid = match self.config.worker.spawn(theirs.into_fd()) {
+        let worker_pid = match self.config.worker.spawn(theirs.into_fd(), uid) {
             Ok(p) => p,
             Err(e) => {
                 error!(client = client_id, error = %e, "cannot start worker; closing client");

@@ -2,6 +2,7 @@
 
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -26,6 +27,10 @@ pub struct WorkerCommand {
     pub program: PathBuf,
     /// Arguments, e.g. `["worker", "--use-gles"]`.
     pub args: Vec<OsString>,
+    /// Mesa's on-disk shader cache, opted in: each client uid gets its own
+    /// subdirectory, so tenants with different uids never share entries.
+    /// `None` (the default) disables the cache.
+    pub shader_cache_dir: Option<PathBuf>,
 }
 
 impl WorkerCommand {
@@ -33,7 +38,7 @@ impl WorkerCommand {
     ///
     /// stdin is the one inherited fd (besides stderr for logs), which avoids
     /// passing fd numbers around; stdout is /dev/null.
-    pub(crate) fn spawn(&self, control: OwnedFd) -> std::io::Result<u32> {
+    pub(crate) fn spawn(&self, control: OwnedFd, client_uid: u32) -> std::io::Result<u32> {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
             .env_clear()
@@ -49,8 +54,22 @@ impl WorkerCommand {
                 cmd.env(&key, &value);
             }
         }
-        // Mesa's on-disk shader cache is shared state between tenants.
-        cmd.env("MESA_SHADER_CACHE_DISABLE", "true");
+        // Mesa's on-disk shader cache is state shared between the processes
+        // that use it: off unless opted in, and then one directory per uid.
+        match &self.shader_cache_dir {
+            Some(base) => {
+                let dir = base.join(format!("uid-{client_uid}"));
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&dir)?;
+                cmd.env_remove("MESA_SHADER_CACHE_DISABLE");
+                cmd.env("MESA_SHADER_CACHE_DIR", dir);
+            }
+            None => {
+                cmd.env("MESA_SHADER_CACHE_DISABLE", "true");
+            }
+        }
         let child = cmd.spawn()?;
         // Reaped through SIGCHLD by pid; dropping `Child` neither waits nor kills.
         Ok(child.id())

@@ -58,6 +58,11 @@ pub struct ServeArgs {
     /// Serve one client (in its own worker), then exit.
     #[arg(long)]
     pub no_loop_or_fork: bool,
+    /// Opt in to Mesa's on-disk shader cache, one subdirectory per client
+    /// uid under DIR (off by default: the cache is state shared between
+    /// the clients that use it).
+    #[arg(long, value_name = "DIR")]
+    pub shader_cache_dir: Option<PathBuf>,
 }
 
 impl RendererArgs {

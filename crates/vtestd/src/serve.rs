@@ -26,6 +26,7 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         worker: WorkerCommand {
             program,
             args: worker_args,
+            shader_cache_dir: args.shader_cache_dir,
         },
         max_clients: args.no_loop_or_fork.then_some(1),
     };
