@@ -147,12 +147,20 @@ impl Worker {
                 self.reason = Some(reason);
             }
             WorkerMsg::SeccompViolation { syscall } => {
+                let name = vtest_sandbox::seccomp::syscall_name(syscall).unwrap_or("unknown");
+                let c = &self.client;
                 warn!(
                     worker = pid,
-                    client = self.client.client_id,
+                    client = c.client_id,
+                    peer_pid = c.pid,
+                    uid = c.uid,
+                    gid = c.gid,
                     syscall,
-                    "seccomp violation"
+                    "seccomp violation: {name}"
                 );
+                self.reason = Some(ExitReason::ProtocolError {
+                    reason: format!("seccomp violation: {name} ({syscall})"),
+                });
             }
         }
     }

@@ -1,6 +1,164 @@
-//! Process-level hardening for vtestd workers. With the renderer crate, the
-//! only place allowed `unsafe` (signal dispositions, and later seccomp,
-//! Landlock and namespaces).
+//! Confinement of vtestd workers, applied by every worker before it touches
+//! client data. Layers, each tested on its own:
+//!
+//! 1. fork+exec with a clean environment and only the needed fds (the broker);
+//! 2. namespaces: user, network (empty), IPC, mount (pivot_root into a
+//!    read-only tmpfs root with read-only binds of what rendering needs);
+//! 3. rlimits: no core dumps, bounded fds and data;
+//! 4. Landlock: read-only where rendering reads, read-write only on render
+//!    nodes, no TCP, no signals or abstract sockets outside the sandbox;
+//! 5. all capabilities dropped (bounding set too), no_new_privs;
+//! 6. seccomp allowlists from `policies/seccomp/`, an init phase before the
+//!    renderer starts and a tighter steady phase after (TSYNC).
+//!
+//! Order matters: Landlock and capabilities apply to the calling thread only
+//! and Mesa starts threads during EGL initialisation, so [`confine`] runs
+//! before the renderer and [`lock_down`] after it. With the renderer crate,
+//! the only crate allowed `unsafe`.
 
+mod error;
+mod landlock;
+mod namespaces;
+mod privileges;
 pub mod rlimits;
+pub mod seccomp;
 pub mod signals;
+
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+
+pub use error::SandboxError;
+pub use namespaces::RootFs;
+pub use rlimits::Rlimits;
+pub use seccomp::{Phase, Profile};
+
+/// A confinement layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    UserNamespace,
+    NetworkNamespace,
+    IpcNamespace,
+    MountNamespace,
+    Rlimits,
+    Landlock,
+    Capabilities,
+    Seccomp,
+}
+
+/// What happened to a layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    /// Applied with less than the full set (e.g. an older Landlock ABI).
+    Partial(String),
+    /// The host does not allow it; the worker runs without this layer.
+    Unavailable(String),
+}
+
+/// Everything a worker's sandbox needs to know.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    pub root: RootFs,
+    pub rlimits: Rlimits,
+    pub profile: Profile,
+    /// The control socket, for the SIGSYS handler's report.
+    pub report_fd: Option<RawFd>,
+}
+
+/// Render nodes present on this host.
+pub fn render_nodes() -> Vec<PathBuf> {
+    let mut nodes: Vec<PathBuf> = std::fs::read_dir("/dev/dri")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("renderD"))
+        })
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+impl SandboxConfig {
+    /// The production sandbox of a worker: `render_node` if one was chosen
+    /// (else every render node, which EGL surfaceless may pick), the opt-in
+    /// shader cache directory, and the profile that matches the devices.
+    pub fn for_worker(
+        render_node: Option<PathBuf>,
+        shader_cache: Option<PathBuf>,
+        report_fd: Option<RawFd>,
+    ) -> SandboxConfig {
+        let devices = match render_node {
+            Some(node) => vec![node],
+            None => render_nodes(),
+        };
+        let profile = if devices.is_empty() {
+            Profile::Llvmpipe
+        } else {
+            Profile::Gpu
+        };
+        let mut read_only_dirs: Vec<PathBuf> = ["/usr", "/sys/devices/system/cpu"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        if profile == Profile::Gpu {
+            // libdrm finds the device's PCI identity through sysfs.
+            read_only_dirs.extend(
+                [
+                    "/sys/dev/char",
+                    "/sys/class/drm",
+                    "/sys/devices/pci0000:00",
+                    "/sys/bus/pci",
+                ]
+                .iter()
+                .map(PathBuf::from),
+            );
+        }
+        let read_only_files = ["/etc/ld.so.cache", "/etc/drirc", "/dev/urandom"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        let mut all_devices: Vec<PathBuf> = ["/dev/null", "/dev/zero"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        all_devices.extend(devices);
+        SandboxConfig {
+            root: RootFs {
+                read_only_dirs,
+                read_only_files,
+                devices: all_devices,
+                writable_dirs: shader_cache.into_iter().collect(),
+            },
+            rlimits: Rlimits::default(),
+            profile,
+            report_fd,
+        }
+    }
+}
+
+/// Applies every layer that must come before the renderer starts, and the
+/// init-phase seccomp filter. Layers the host forbids are reported as
+/// [`Outcome::Unavailable`]; errors are for layers that should have worked.
+pub fn confine(config: &SandboxConfig) -> Result<Vec<(Layer, Outcome)>, SandboxError> {
+    let mut report = Vec::new();
+    signals::die_on_fault_signals().map_err(SandboxError::SignalHandler)?;
+    rlimits::apply(&config.rlimits)?;
+    report.push((Layer::Rlimits, Outcome::Applied));
+    namespaces::enter(&config.root, &mut report)?;
+    landlock::restrict(&config.root, &mut report)?;
+    privileges::drop_all()?;
+    report.push((Layer::Capabilities, Outcome::Applied));
+    seccomp::install_violation_reporter(config.report_fd)?;
+    seccomp::install(config.profile, Phase::Init)?;
+    report.push((Layer::Seccomp, Outcome::Applied));
+    Ok(report)
+}
+
+/// After the renderer started: the steady-state filter, on every thread.
+pub fn lock_down(profile: Profile) -> Result<(), SandboxError> {
+    seccomp::install(profile, Phase::Steady)
+}

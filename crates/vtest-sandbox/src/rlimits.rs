@@ -2,8 +2,44 @@
 
 use nix::sys::resource::{setrlimit, Resource};
 
+use crate::SandboxError;
+
+/// Limits set on every worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rlimits {
+    /// Open files (fds).
+    pub open_files: u64,
+    /// Data segment plus private writable mappings, in bytes.
+    pub data_bytes: u64,
+}
+
+impl Default for Rlimits {
+    fn default() -> Self {
+        Rlimits {
+            open_files: 1024,
+            data_bytes: 8 << 30,
+        }
+    }
+}
+
 /// No core dumps: a crashing worker holds a client's data, and dumping it
 /// would also delay its end.
 pub fn no_core_dumps() -> nix::Result<()> {
     setrlimit(Resource::RLIMIT_CORE, 0, 0)
+}
+
+/// Applies `limits` (soft = hard, so they cannot be raised again).
+pub(crate) fn apply(limits: &Rlimits) -> Result<(), SandboxError> {
+    let set = |resource, value| {
+        setrlimit(resource, value, value).map_err(|source| SandboxError::Rlimit {
+            resource: format!("{resource:?}"),
+            source,
+        })
+    };
+    no_core_dumps().map_err(|source| SandboxError::Rlimit {
+        resource: "RLIMIT_CORE".into(),
+        source,
+    })?;
+    set(Resource::RLIMIT_NOFILE, limits.open_files)?;
+    set(Resource::RLIMIT_DATA, limits.data_bytes)
 }

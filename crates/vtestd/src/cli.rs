@@ -40,6 +40,17 @@ pub struct RendererArgs {
     /// Render on this DRM render node through GBM (e.g. /dev/dri/renderD128).
     #[arg(long, value_name = "PATH")]
     pub rendernode: Option<PathBuf>,
+    /// Confine workers (namespaces, Landlock, capabilities, seccomp).
+    /// `off` is for debugging only and leaves every client unconfined.
+    #[arg(long, value_name = "on|off", default_value = "on")]
+    pub sandbox: Toggle,
+}
+
+/// An on/off switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Toggle {
+    On,
+    Off,
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +89,9 @@ impl RendererArgs {
         if let Some(node) = &self.rendernode {
             args.push("--rendernode".into());
             args.push(node.clone().into_os_string());
+        }
+        if self.sandbox == Toggle::Off {
+            args.push("--sandbox=off".into());
         }
         args
     }

@@ -4,6 +4,7 @@
 
 mod cli;
 mod logging;
+mod sandbox;
 mod serve;
 mod worker;
 

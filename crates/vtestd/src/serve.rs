@@ -14,6 +14,9 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             warn!("{flag} accepted for compatibility: every client always gets its own worker");
         }
     }
+    if args.renderer.sandbox == crate::cli::Toggle::Off {
+        warn!("--sandbox=off: workers run UNCONFINED; for debugging only, never with untrusted clients");
+    }
     if args.no_loop_or_fork {
         warn!("--no-loop-or-fork: serving one client in its own worker, then exiting");
     }

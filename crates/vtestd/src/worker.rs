@@ -12,6 +12,7 @@ use vtest_renderer::Renderer;
 use vtest_session::{Session, SessionError, SessionLimits, VirglBackend};
 
 use crate::cli::RendererArgs;
+use crate::sandbox;
 
 /// Typed exit codes, so the broker (and a human) can tell why a worker ended
 /// even when its last message did not arrive.
@@ -44,13 +45,20 @@ fn truncated(mut s: String) -> String {
     s
 }
 
+fn init_failed(channel: &Channel, what: &str, reason: String) -> ExitCode {
+    let reason = truncated(format!("{what}: {reason}"));
+    warn!(%reason, "worker initialisation failed");
+    let _ = channel.send(
+        &WorkerMsg::Finished {
+            stats: Default::default(),
+            reason: ExitReason::InitFailed { reason },
+        },
+        &[],
+    );
+    Exit::InitFailed.into()
+}
+
 pub fn run(args: RendererArgs) -> ExitCode {
-    let hardening = vtest_sandbox::signals::die_on_fault_signals()
-        .and_then(|()| vtest_sandbox::rlimits::no_core_dumps());
-    if let Err(e) = hardening {
-        warn!(error = %e, "cannot set up the worker process");
-        return Exit::InitFailed.into();
-    }
     let channel = match std::io::stdin().as_fd().try_clone_to_owned() {
         Ok(fd) => Channel::from_fd(fd),
         Err(e) => {
@@ -58,21 +66,19 @@ pub fn run(args: RendererArgs) -> ExitCode {
             return Exit::ControlFailed.into();
         }
     };
+    let profile = match sandbox::confine(&args, &channel) {
+        Ok(profile) => profile,
+        Err(e) => return init_failed(&channel, "sandbox", e),
+    };
     let renderer = match Renderer::new(&args.options()) {
         Ok(r) => r,
-        Err(e) => {
-            let reason = truncated(e.to_string());
-            warn!(%reason, "renderer initialisation failed");
-            let _ = channel.send(
-                &WorkerMsg::Finished {
-                    stats: Default::default(),
-                    reason: ExitReason::InitFailed { reason },
-                },
-                &[],
-            );
-            return Exit::InitFailed.into();
-        }
+        Err(e) => return init_failed(&channel, "renderer", e.to_string()),
     };
+    if let Some(profile) = profile {
+        if let Err(e) = vtest_sandbox::lock_down(profile) {
+            return init_failed(&channel, "seccomp steady state", e.to_string());
+        }
+    }
     let _ = channel.send(
         &WorkerMsg::Ready {
             pid: std::process::id(),

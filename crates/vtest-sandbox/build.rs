@@ -1,0 +1,159 @@
+//! Compiles the seccomp policies in `policies/seccomp/` into BPF at build time,
+//! so that a broken policy breaks the build, and embeds a syscall-name table
+//! for reporting violations by name.
+//!
+//! Policy files: `common.json` plus one file per profile (`llvmpipe.json`,
+//! `gpu.json`), each `{"init": [rules], "steady": [rules]}` where a rule is a
+//! seccompiler JSON rule (`syscall`, optional `args`, optional `comment`).
+//! Each (profile, phase) filter is common + profile rules, default action
+//! `trap`. Every syscall allowed in steady state must also be allowed at init
+//! (the filters stack).
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::{env, fs};
+
+use seccompiler::TargetArch;
+use serde_json::{json, Value};
+
+fn read(path: &Path) -> Value {
+    println!("cargo:rerun-if-changed={}", path.display());
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn rules<'a>(file: &'a Value, phase: &str, path: &Path) -> &'a Vec<Value> {
+    file[phase]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}: missing \"{phase}\" list", path.display()))
+}
+
+fn names(rules: &[Value]) -> BTreeSet<String> {
+    rules
+        .iter()
+        .map(|r| {
+            r["syscall"]
+                .as_str()
+                .expect("rule without syscall")
+                .to_string()
+        })
+        .collect()
+}
+
+fn main() {
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    let dir = manifest.join("../../policies/seccomp");
+    let arch_name = env::var("CARGO_CFG_TARGET_ARCH").unwrap();
+    let arch = TargetArch::try_from(arch_name.as_str())
+        .unwrap_or_else(|_| panic!("no seccomp support for {arch_name}"));
+    let common_path = dir.join("common.json");
+    let common = read(&common_path);
+    let mut out = String::new();
+    for profile in ["llvmpipe", "gpu"] {
+        let path = dir.join(format!("{profile}.json"));
+        let extra = read(&path);
+        let mut init_names = BTreeSet::new();
+        for phase in ["init", "steady"] {
+            let mut list = rules(&common, phase, &common_path).clone();
+            list.extend(rules(&extra, phase, &path).iter().cloned());
+            let allowed = names(&list);
+            if phase == "init" {
+                init_names = allowed.clone();
+            } else if let Some(missing) = allowed.difference(&init_names).next() {
+                panic!("{profile}: {missing} is allowed in steady state but not at init");
+            }
+            let filter = json!({
+                "worker": {
+                    "mismatch_action": "trap",
+                    "match_action": "allow",
+                    "filter": list,
+                }
+            });
+            let compiled = seccompiler::compile_from_json(filter.to_string().as_bytes(), arch)
+                .unwrap_or_else(|e| panic!("{profile}/{phase} policy: {e}"));
+            let konst = format!("{}_{}", profile.to_uppercase(), phase.to_uppercase());
+            emit_program(&mut out, &konst, &compiled["worker"]);
+            write!(out, "const {konst}_NAMES: &[&str] = &[").unwrap();
+            for n in &allowed {
+                write!(out, "{n:?},").unwrap();
+            }
+            writeln!(out, "];").unwrap();
+        }
+    }
+    let no_clone3_path = dir.join("no-clone3.json");
+    let no_clone3 = read(&no_clone3_path);
+    let wrapped = json!({ "no_clone3": no_clone3_without_comment(&no_clone3) });
+    let compiled = seccompiler::compile_from_json(wrapped.to_string().as_bytes(), arch)
+        .unwrap_or_else(|e| panic!("no-clone3 policy: {e}"));
+    emit_program(&mut out, "NO_CLONE3", &compiled["no_clone3"]);
+    write!(out, "const SYSCALL_NAMES: &[(u32, &str)] = &[").unwrap();
+    for (nr, name) in syscall_table(&arch_name) {
+        write!(out, "({nr}, {name:?}),").unwrap();
+    }
+    writeln!(out, "];").unwrap();
+    let dest = PathBuf::from(env::var("OUT_DIR").unwrap()).join("policies.rs");
+    fs::write(dest, out).unwrap();
+}
+
+/// A filter file's own top-level comment is ours, not seccompiler's.
+fn no_clone3_without_comment(filter: &Value) -> Value {
+    let mut f = filter.clone();
+    if let Some(map) = f.as_object_mut() {
+        map.remove("comment");
+    }
+    f
+}
+
+/// `const NAME: &[u8]` holding the program's instructions in native layout.
+fn emit_program(out: &mut String, name: &str, program: &[seccompiler::sock_filter]) {
+    write!(out, "const {name}: &[u8] = &[").unwrap();
+    for insn in program {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&insn.code.to_ne_bytes());
+        bytes.push(insn.jt);
+        bytes.push(insn.jf);
+        bytes.extend_from_slice(&insn.k.to_ne_bytes());
+        for b in bytes {
+            write!(out, "{b},").unwrap();
+        }
+    }
+    writeln!(out, "];").unwrap();
+}
+
+/// `(number, name)` from the kernel's uapi header, for naming violations.
+fn syscall_table(arch: &str) -> Vec<(u32, String)> {
+    let candidates: &[&str] = match arch {
+        "x86_64" => &[
+            "/usr/include/x86_64-linux-gnu/asm/unistd_64.h",
+            "/usr/include/asm/unistd_64.h",
+        ],
+        "aarch64" => &[
+            "/usr/include/aarch64-linux-gnu/asm/unistd.h",
+            "/usr/include/asm-generic/unistd.h",
+        ],
+        _ => &[],
+    };
+    for path in candidates {
+        let Ok(text) = fs::read_to_string(path) else {
+            continue;
+        };
+        println!("cargo:rerun-if-changed={path}");
+        let mut table = Vec::new();
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            if words.next() != Some("#define") {
+                continue;
+            }
+            let (Some(name), Some(nr)) = (words.next(), words.next()) else {
+                continue;
+            };
+            if let (Some(name), Ok(nr)) = (name.strip_prefix("__NR_"), nr.parse::<u32>()) {
+                table.push((nr, name.to_string()));
+            }
+        }
+        return table;
+    }
+    println!("cargo:warning=no syscall name table found; violations are reported by number");
+    Vec::new()
+}

@@ -1,0 +1,150 @@
+//! seccomp-BPF allowlists, compiled from `policies/*.json` by `build.rs`.
+//!
+//! Two phases per profile: `init` (installed before the renderer starts, so
+//! it must allow everything EGL and virglrenderer initialisation does) and
+//! `steady` (installed after, with TSYNC so that every thread Mesa started is
+//! covered). Filters stack: in steady state a call must pass both.
+//!
+//! A call outside the list traps (SIGSYS). The handler reports the syscall
+//! number to the broker over the control channel and the process then dies
+//! of SIGSYS: never only the offending thread.
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use seccompiler::sock_filter;
+
+use crate::SandboxError;
+
+include!(concat!(env!("OUT_DIR"), "/policies.rs"));
+
+/// Which renderer the worker drives: llvmpipe JITs shaders (needs
+/// executable memory at run time); a hardware GPU does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Llvmpipe,
+    Gpu,
+}
+
+/// Filter phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Init,
+    Steady,
+}
+
+fn program(profile: Profile, phase: Phase) -> Vec<sock_filter> {
+    decode(match (profile, phase) {
+        (Profile::Llvmpipe, Phase::Init) => LLVMPIPE_INIT,
+        (Profile::Llvmpipe, Phase::Steady) => LLVMPIPE_STEADY,
+        (Profile::Gpu, Phase::Init) => GPU_INIT,
+        (Profile::Gpu, Phase::Steady) => GPU_STEADY,
+    })
+}
+
+fn decode(bytes: &[u8]) -> Vec<sock_filter> {
+    bytes
+        .chunks_exact(8)
+        .map(|c| sock_filter {
+            code: u16::from_ne_bytes([c[0], c[1]]),
+            jt: c[2],
+            jf: c[3],
+            k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+        })
+        .collect()
+}
+
+/// Distinct syscalls each filter allows (for the README's figures).
+pub fn allowed_syscalls(profile: Profile, phase: Phase) -> &'static [&'static str] {
+    match (profile, phase) {
+        (Profile::Llvmpipe, Phase::Init) => LLVMPIPE_INIT_NAMES,
+        (Profile::Llvmpipe, Phase::Steady) => LLVMPIPE_STEADY_NAMES,
+        (Profile::Gpu, Phase::Init) => GPU_INIT_NAMES,
+        (Profile::Gpu, Phase::Steady) => GPU_STEADY_NAMES,
+    }
+}
+
+/// The name of syscall number `nr` on this architecture, if it is one we know.
+pub fn syscall_name(nr: i64) -> Option<&'static str> {
+    SYSCALL_NAMES
+        .iter()
+        .find(|(n, _)| i64::from(*n) == nr)
+        .map(|(_, name)| *name)
+}
+
+/// Where the SIGSYS handler reports (-1: nowhere).
+static REPORT_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// Installs the SIGSYS handler that reports to `report_fd` (a SOCK_SEQPACKET
+/// control socket) before the process dies.
+pub fn install_violation_reporter(report_fd: Option<RawFd>) -> Result<(), SandboxError> {
+    REPORT_FD.store(report_fd.unwrap_or(-1), Ordering::SeqCst);
+    let action = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::SigAction(on_sigsys),
+        nix::sys::signal::SaFlags::SA_SIGINFO,
+        nix::sys::signal::SigSet::empty(),
+    );
+    // SAFETY: `on_sigsys` only makes async-signal-safe calls (send,
+    // sigaction, raise through tgkill) on data it owns on its stack.
+    unsafe { nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGSYS, &action) }
+        .map_err(SandboxError::SignalHandler)?;
+    Ok(())
+}
+
+/// Installs a filter phase: `Init` on the calling thread (the only one
+/// then), `Steady` on every thread (TSYNC).
+pub fn install(profile: Profile, phase: Phase) -> Result<(), SandboxError> {
+    let err = |e: seccompiler::Error| SandboxError::Seccomp(e.to_string());
+    let filter = program(profile, phase);
+    match phase {
+        Phase::Init => {
+            seccompiler::apply_filter(&decode(NO_CLONE3)).map_err(err)?;
+            seccompiler::apply_filter(&filter).map_err(err)
+        }
+        Phase::Steady => seccompiler::apply_filter_all_threads(&filter).map_err(err),
+    }
+}
+
+/// Offset of `si_syscall` in `siginfo_t` for SIGSYS on 64-bit Linux:
+/// signo, errno, code (3 × i32) + padding, then `void *call_addr`.
+const SI_SYSCALL_OFFSET: usize = 24;
+
+extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo_t for SA_SIGINFO handlers;
+    // for SIGSYS the si_syscall int lives at this offset.
+    let nr = unsafe {
+        info.cast::<u8>()
+            .add(SI_SYSCALL_OFFSET)
+            .cast::<i32>()
+            .read_unaligned()
+    };
+    let fd = REPORT_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let mut buf = [0u8; 32];
+        let len = violation_message(i64::from(nr), &mut buf);
+        // SAFETY: a plain send of our stack buffer; failures are ignored.
+        unsafe { libc::send(fd, buf.as_ptr().cast(), len, libc::MSG_NOSIGNAL) };
+    }
+    // Die of SIGSYS: restore the default action; the signal raised now is
+    // delivered when this handler returns (it is blocked until then).
+    // SAFETY: async-signal-safe calls with valid arguments.
+    unsafe {
+        libc::signal(libc::SIGSYS, libc::SIG_DFL);
+        libc::syscall(
+            libc::SYS_tgkill,
+            libc::getpid(),
+            libc::syscall(libc::SYS_gettid),
+            libc::SIGSYS,
+        );
+    }
+}
+
+/// Encodes `WorkerMsg::SeccompViolation { syscall }` for the control
+/// channel into `buf` without allocating (this runs in a signal handler).
+pub fn violation_message(syscall: i64, buf: &mut [u8; 32]) -> usize {
+    let envelope = vtest_control::Envelope {
+        version: vtest_control::PROTOCOL_VERSION,
+        msg: vtest_control::WorkerMsg::SeccompViolation { syscall },
+    };
+    postcard::to_slice(&envelope, buf).map_or(0, |used| used.len())
+}

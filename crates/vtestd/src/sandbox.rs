@@ -1,0 +1,38 @@
+//! Applying the worker sandbox and logging what the host allowed.
+
+use std::os::fd::AsRawFd;
+
+use tracing::{info, warn};
+use vtest_control::Channel;
+use vtest_sandbox::{Outcome, Profile, SandboxConfig};
+
+use crate::cli::{RendererArgs, Toggle};
+
+/// Confines this worker before the renderer starts. Returns the seccomp
+/// profile to tighten to once it has, or `None` with `--sandbox=off`.
+pub fn confine(args: &RendererArgs, channel: &Channel) -> Result<Option<Profile>, String> {
+    if args.sandbox == Toggle::Off {
+        // Fault signals still kill the worker, and it never dumps core.
+        vtest_sandbox::signals::die_on_fault_signals().map_err(|e| e.to_string())?;
+        vtest_sandbox::rlimits::no_core_dumps().map_err(|e| e.to_string())?;
+        return Ok(None);
+    }
+    let cache = std::env::var_os("MESA_SHADER_CACHE_DIR").map(Into::into);
+    let config =
+        SandboxConfig::for_worker(args.rendernode.clone(), cache, Some(channel.as_raw_fd()));
+    let report = vtest_sandbox::confine(&config).map_err(|e| crate::logging::chain(&e))?;
+    let missing: Vec<String> = report
+        .iter()
+        .filter_map(|(layer, outcome)| match outcome {
+            Outcome::Applied => None,
+            Outcome::Partial(why) => Some(format!("{layer:?} partial ({why})")),
+            Outcome::Unavailable(why) => Some(format!("{layer:?} unavailable ({why})")),
+        })
+        .collect();
+    if missing.is_empty() {
+        info!(profile = ?config.profile, "worker sandbox applied");
+    } else {
+        warn!(profile = ?config.profile, "worker sandbox weakened: {}", missing.join(", "));
+    }
+    Ok(Some(config.profile))
+}
