@@ -60,6 +60,11 @@ impl Server {
 
     /// Starts a server with extra arguments (after the socket path).
     pub fn start_with(kind: ServerKind, extra: &[&str]) -> Server {
+        Self::start_with_env(kind, extra, &[])
+    }
+
+    /// Starts a server with extra arguments and environment variables.
+    pub fn start_with_env(kind: ServerKind, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let tag = match kind {
             ServerKind::Vtestd => "vtestd",
             ServerKind::Reference => "ref",
@@ -85,6 +90,7 @@ impl Server {
         };
         cmd.arg(format!("--socket-path={}", socket.display()));
         cmd.args(extra);
+        cmd.envs(env.iter().copied());
         cmd.stdin(Stdio::null());
         cmd.stdout(Stdio::from(
             fs::File::create(dir.join("server.stdout")).unwrap(),

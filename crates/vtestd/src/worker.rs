@@ -105,6 +105,8 @@ pub fn run(args: RendererArgs) -> ExitCode {
         },
         &[],
     );
+    #[cfg(debug_assertions)]
+    test_hooks::forbidden_syscall();
     let backend = VirglBackend::new(renderer);
     let mut session = match Session::new(backend, stream, SessionLimits::default()) {
         Ok(s) => s,
@@ -153,5 +155,23 @@ fn exit_reason(e: &SessionError, reason: String) -> ExitReason {
             ExitReason::RendererError { reason }
         }
         _ => ExitReason::ProtocolError { reason },
+    }
+}
+
+/// Debug builds only: lets the end-to-end tests provoke a seccomp violation
+/// in a real worker (`VTESTD_TEST_FORBIDDEN_SYSCALL=socket`). Release builds,
+/// and so every package, have no such code.
+#[cfg(debug_assertions)]
+mod test_hooks {
+    pub fn forbidden_syscall() {
+        if std::env::var("VTESTD_TEST_FORBIDDEN_SYSCALL").as_deref() == Ok("socket") {
+            use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+            let _ = socket(
+                AddressFamily::Inet,
+                SockType::Stream,
+                SockFlag::empty(),
+                None,
+            );
+        }
     }
 }

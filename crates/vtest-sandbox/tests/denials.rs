@@ -1,0 +1,448 @@
+//! Proof that the production sandbox denies what it must.
+//!
+//! Each probe runs in a fresh process (this test binary re-executed with
+//! `--probe NAME`) that applies exactly the production sandbox of a worker
+//! (`confine` + `lock_down`), then tries one forbidden thing. The parent
+//! asserts how it failed: the errno the call returned, or death by SIGSYS.
+//! Probes that must succeed are there too, so that a sandbox that breaks
+//! everything cannot pass.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+
+use vtest_control::{Channel, WorkerMsg};
+use vtest_sandbox::{confine, lock_down, Phase, Profile, SandboxConfig};
+
+/// How a probe must end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// The call fails with this errno.
+    Errno(i32),
+    /// The process is killed by SIGSYS (seccomp).
+    Sigsys,
+    /// The call succeeds (a control).
+    Ok,
+}
+
+const EXIT_OK: i32 = 0;
+const EXIT_ERRNO_BASE: i32 = 10;
+
+struct Probe {
+    name: &'static str,
+    /// Steady: the full production sandbox of a serving worker. Init: the
+    /// worker as the renderer starts (init-phase filter, which allows file
+    /// opens), to prove the namespace and Landlock layers on their own.
+    phase: Phase,
+    profile: Profile,
+    expect: Expect,
+    /// Returns Ok on success, Err(errno) on failure.
+    run: fn() -> Result<(), i32>,
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn open(path: &str, flags: i32) -> Result<(), i32> {
+    let c = CString::new(path).unwrap();
+    // SAFETY: a valid C string; the fd is closed right away.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, 0o600) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: we own fd.
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
+fn check(ret: libc::c_long) -> Result<(), i32> {
+    if ret < 0 {
+        Err(errno())
+    } else {
+        Ok(())
+    }
+}
+
+/// The broker's pid, passed by the parent (this test process).
+fn parent_pid() -> i32 {
+    std::env::var("PROBE_PARENT").unwrap().parse().unwrap()
+}
+
+fn probes() -> Vec<Probe> {
+    use Expect::*;
+    use Phase::*;
+    use Profile::*;
+    vec![
+        Probe {
+            name: "open_etc_shadow",
+            phase: Init,
+            profile: Llvmpipe,
+            expect: Errno(libc::ENOENT),
+            run: || open("/etc/shadow", libc::O_RDONLY),
+        },
+        Probe {
+            name: "open_etc_passwd",
+            phase: Init,
+            profile: Llvmpipe,
+            expect: Errno(libc::ENOENT),
+            run: || open("/etc/passwd", libc::O_RDONLY),
+        },
+        Probe {
+            name: "create_file_in_root",
+            phase: Init,
+            profile: Llvmpipe,
+            expect: Errno(libc::EROFS),
+            run: || open("/vtestd-probe", libc::O_CREAT | libc::O_WRONLY),
+        },
+        Probe {
+            name: "create_file_in_usr",
+            phase: Init,
+            profile: Llvmpipe,
+            expect: Errno(libc::EROFS),
+            run: || open("/usr/vtestd-probe", libc::O_CREAT | libc::O_WRONLY),
+        },
+        Probe {
+            name: "write_to_library",
+            phase: Init,
+            profile: Llvmpipe,
+            expect: Errno(libc::EROFS),
+            run: || open("/usr/lib/x86_64-linux-gnu/libc.so.6", libc::O_WRONLY),
+        },
+        Probe {
+            name: "list_home",
+            phase: Init,
+            profile: Llvmpipe,
+            expect: Errno(libc::ENOENT),
+            run: || open("/home", libc::O_RDONLY | libc::O_DIRECTORY),
+        },
+        Probe {
+            name: "list_root_home",
+            phase: Init,
+            profile: Llvmpipe,
+            expect: Errno(libc::ENOENT),
+            run: || open("/root", libc::O_RDONLY | libc::O_DIRECTORY),
+        },
+        Probe {
+            name: "read_proc_1_environ",
+            phase: Init,
+            profile: Llvmpipe,
+            expect: Errno(libc::ENOENT),
+            run: || open("/proc/1/environ", libc::O_RDONLY),
+        },
+        Probe {
+            name: "socket_inet",
+            phase: Steady,
+            profile: Llvmpipe,
+            expect: Sigsys,
+            // SAFETY: plain syscall; the fd is leaked in a dying process.
+            run: || check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) }.into()),
+        },
+        Probe {
+            name: "socket_netlink",
+            phase: Steady,
+            profile: Llvmpipe,
+            expect: Sigsys,
+            // SAFETY: as above.
+            run: || check(unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, 0) }.into()),
+        },
+        Probe {
+            name: "connect_to_broker_socket",
+            phase: Steady,
+            profile: Llvmpipe,
+            expect: Sigsys,
+            // A new unix socket is the first step of any connect.
+            // SAFETY: as above.
+            run: || check(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) }.into()),
+        },
+        Probe {
+            name: "execve",
+            phase: Steady,
+            profile: Llvmpipe,
+            expect: Sigsys,
+            run: || {
+                let prog = CString::new("/usr/bin/true").unwrap();
+                let argv = [prog.as_ptr(), std::ptr::null()];
+                let envp = [std::ptr::null()];
+                // SAFETY: valid NULL-terminated arrays.
+                check(unsafe { libc::execve(prog.as_ptr(), argv.as_ptr(), envp.as_ptr()) }.into())
+            },
+        },
+        Probe {
+            name: "fork",
+            phase: Steady,
+            profile: Llvmpipe,
+            expect: Sigsys,
+            run: || {
+                // SAFETY: the child (if any) exits at once.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    // SAFETY: leaving the child without running destructors.
+                    unsafe { libc::_exit(0) };
+                }
+                check(pid.into())
+            },
+        },
+        Probe {
+            name: "ptrace_parent",
+            phase: Steady,
+            profile: Llvmpipe,
+            expect: Sigsys,
+            run: || {
+                // SAFETY: plain syscall.
+                check(unsafe { libc::ptrace(libc::PTRACE_ATTACH, parent_pid(), 0, 0) })
+            },
+        },
+        Probe {
+            name: "kill_broker",
+            phase: Steady,
+            profile: Llvmpipe,
+            expect: Sigsys,
+            run: || {
+                // SAFETY: plain syscall (SIGCONT, harmless if it got through).
+                check(unsafe { libc::kill(parent_pid(), libc::SIGCONT) }.into())
+            },
+        },
+        Probe {
+            name: "mount_tmpfs",
+            phase: Steady,
+            profile: Llvmpipe,
+            expect: Sigsys,
+            run: || {
+                let t = CString::new("tmpfs").unwrap();
+                let d = CString::new("/usr").unwrap();
+                // SAFETY: valid strings.
+                check(
+                    unsafe { libc::mount(t.as_ptr(), d.as_ptr(), t.as_ptr(), 0, std::ptr::null()) }
+                        .into(),
+                )
+            },
+        },
+        Probe {
+            name: "setuid_0",
+            phase: Steady,
+            profile: Llvmpipe,
+            expect: Sigsys,
+            // SAFETY: plain syscall (raw, so glibc's setxid broadcast is not involved).
+            run: || check(unsafe { libc::syscall(libc::SYS_setuid, 0) }),
+        },
+        Probe {
+            name: "unshare_user",
+            phase: Steady,
+            profile: Llvmpipe,
+            expect: Sigsys,
+            // SAFETY: plain syscall.
+            run: || check(unsafe { libc::unshare(libc::CLONE_NEWUSER) }.into()),
+        },
+        Probe {
+            name: "mprotect_exec_gpu",
+            phase: Steady,
+            profile: Gpu,
+            expect: Sigsys,
+            run: mprotect_exec,
+        },
+        // Controls: what the worker must still be able to do.
+        Probe {
+            name: "mprotect_exec_llvmpipe",
+            phase: Steady,
+            profile: Llvmpipe,
+            expect: Ok,
+            run: mprotect_exec,
+        },
+        Probe {
+            name: "open_in_steady_state",
+            phase: Steady,
+            profile: Llvmpipe,
+            expect: Sigsys,
+            run: || open("/usr/lib/x86_64-linux-gnu/libc.so.6", libc::O_RDONLY),
+        },
+        Probe {
+            name: "shared_memory_and_threads",
+            phase: Steady,
+            profile: Llvmpipe,
+            expect: Ok,
+            run: || {
+                let shm = vtest_renderer_free_memfd()?;
+                drop(shm);
+                pthread_round_trip()
+            },
+        },
+        Probe {
+            name: "read_libraries",
+            phase: Init,
+            profile: Llvmpipe,
+            expect: Ok,
+            run: || open("/usr/lib/x86_64-linux-gnu/libc.so.6", libc::O_RDONLY),
+        },
+    ]
+}
+
+/// Starts and joins a thread the way Mesa does (pthread_create, not std).
+fn pthread_round_trip() -> Result<(), i32> {
+    extern "C" fn body(_: *mut libc::c_void) -> *mut libc::c_void {
+        std::ptr::null_mut()
+    }
+    let mut thread: libc::pthread_t = 0;
+    // SAFETY: a valid out-pointer and a function that touches nothing.
+    let r =
+        unsafe { libc::pthread_create(&mut thread, std::ptr::null(), body, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(r);
+    }
+    // SAFETY: joining the thread we started.
+    let r = unsafe { libc::pthread_join(thread, std::ptr::null_mut()) };
+    if r != 0 {
+        Err(r)
+    } else {
+        Ok(())
+    }
+}
+
+fn mprotect_exec() -> Result<(), i32> {
+    // SAFETY: an anonymous private mapping we own and unmap.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return Err(errno());
+        }
+        let r = libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_EXEC);
+        let e = errno();
+        libc::munmap(p, 4096);
+        if r < 0 {
+            Err(e)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A sealed memfd as the worker makes them, without the renderer crate.
+fn vtest_renderer_free_memfd() -> Result<OwnedFd, i32> {
+    let name = CString::new("probe").unwrap();
+    // SAFETY: valid name.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: fd is ours.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: plain syscalls on our fd.
+    unsafe {
+        if libc::ftruncate(fd.as_raw_fd(), 4096) < 0
+            || libc::fcntl(
+                fd.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+            ) < 0
+        {
+            return Err(errno());
+        }
+    }
+    Ok(fd)
+}
+
+/// Child side: sandbox, then the probe; the exit code says how it went.
+fn run_probe(name: &str) -> ! {
+    let probe = probes()
+        .into_iter()
+        .find(|p| p.name == name)
+        .expect("known probe");
+    let report_fd = std::io::stdin().as_fd().as_raw_fd();
+    let mut config = SandboxConfig::for_worker(None, None, Some(report_fd));
+    config.profile = probe.profile;
+    let report = confine(&config).unwrap_or_else(|e| {
+        eprintln!("confine failed: {e}");
+        std::process::exit(2)
+    });
+    eprintln!("{name}: {report:?}");
+    if probe.phase == Phase::Steady {
+        lock_down(probe.profile).unwrap_or_else(|e| {
+            eprintln!("lock_down failed: {e}");
+            std::process::exit(3)
+        });
+    }
+    match (probe.run)() {
+        Ok(()) => std::process::exit(EXIT_OK),
+        Err(e) => std::process::exit(EXIT_ERRNO_BASE + e),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--probe") {
+        run_probe(&args[i + 1]);
+    }
+    // `cargo test` passes harness flags; a filter selects probes by name.
+    let filter = args.iter().skip(1).find(|a| !a.starts_with('-')).cloned();
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for probe in probes() {
+        if filter
+            .as_ref()
+            .is_some_and(|f| !probe.name.contains(f.as_str()))
+        {
+            continue;
+        }
+        ran += 1;
+        let (ours, theirs) = Channel::pair().unwrap();
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--probe", probe.name])
+            .env("PROBE_PARENT", std::process::id().to_string())
+            .stdin(Stdio::from(theirs.into_fd()))
+            .output()
+            .unwrap();
+        let got = match (out.status.code(), out.status.signal()) {
+            (Some(EXIT_OK), _) => Expect::Ok,
+            (Some(c), _) if c >= EXIT_ERRNO_BASE => Expect::Errno(c - EXIT_ERRNO_BASE),
+            (_, Some(libc::SIGSYS)) => Expect::Sigsys,
+            other => {
+                failures.push(format!(
+                    "{}: sandbox set-up failed {other:?}: {}",
+                    probe.name,
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+                continue;
+            }
+        };
+        // A SIGSYS death must have been reported over the control channel.
+        let reported = match ours.try_recv::<WorkerMsg>() {
+            Ok(Some((WorkerMsg::SeccompViolation { syscall }, _))) => Some(
+                vtest_sandbox::seccomp::syscall_name(syscall)
+                    .unwrap_or("?")
+                    .to_string(),
+            ),
+            _ => None,
+        };
+        let verdict = if got == probe.expect && (got != Expect::Sigsys || reported.is_some()) {
+            "ok"
+        } else {
+            failures.push(format!(
+                "{}: expected {:?}, got {got:?} (reported {reported:?}); stderr: {}",
+                probe.name,
+                probe.expect,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+            "FAILED"
+        };
+        println!(
+            "probe {:28} {:?}/{:?} {:?} reported={:?} ... {verdict}",
+            probe.name, probe.phase, probe.profile, got, reported
+        );
+    }
+    println!("\n{ran} probes, {} failed", failures.len());
+    if !failures.is_empty() {
+        for f in &failures {
+            eprintln!("{f}");
+        }
+        std::process::exit(1);
+    }
+}

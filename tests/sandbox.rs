@@ -1,0 +1,126 @@
+//! The worker sandbox, seen from outside: a worker serving a real client is
+//! confined (seccomp filter mode, no_new_privs, no capabilities, its own
+//! namespaces), a violation is reported by name, and real Mesa clients
+//! render as well confined as not.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::mesa::{run_piglit, PIGLIT_PROFILE};
+use common::procs::{eventually, wait_for_children};
+use common::server::{Server, ServerKind};
+use common::xvfb::Xvfb;
+use vtest_client::{Client, ResourceArgs};
+
+fn status_field(pid: u32, field: &str) -> String {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("worker status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+        .trim()
+        .to_string()
+}
+
+fn namespace(pid: u32, ns: &str) -> String {
+    fs::read_link(format!("/proc/{pid}/ns/{ns}"))
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+/// A client with one resource, and the worker serving it.
+fn connected(server: &Server) -> (Client, u32) {
+    let mut client = Client::connect(server.socket_path()).unwrap();
+    client.handshake("sandbox-test", 2).unwrap();
+    let args = ResourceArgs::texture_2d(16, 16).with_handle(1);
+    let (_, fd) = client.resource_create2(&args, 1024).unwrap();
+    assert!(fd.is_some());
+    let workers = wait_for_children(server.pid(), 1);
+    assert_eq!(workers.len(), 1, "one worker");
+    (client, workers[0])
+}
+
+#[test]
+fn a_serving_worker_is_confined() {
+    let server = Server::start(ServerKind::Vtestd);
+    let (_client, worker) = connected(&server);
+    let broker = server.pid();
+    assert_eq!(status_field(worker, "Seccomp"), "2", "seccomp filter mode");
+    assert_eq!(status_field(worker, "NoNewPrivs"), "1");
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(status_field(worker, set), "0000000000000000", "{set}");
+    }
+    for ns in ["net", "user", "mnt", "ipc"] {
+        assert_ne!(
+            namespace(worker, ns),
+            namespace(broker, ns),
+            "worker has its own {ns} namespace"
+        );
+    }
+    // Only the fds it needs: stdio (control channel on stdin), the client
+    // socket and its renderer's; nothing inherited from the broker.
+    let fds = fs::read_dir(format!("/proc/{worker}/fd")).unwrap().count();
+    assert!(fds < 32, "worker holds {fds} fds");
+    let log = server.log_text();
+    assert!(
+        log.contains("worker sandbox applied"),
+        "every layer applied on this host; log:\n{log}"
+    );
+}
+
+#[test]
+fn sandbox_off_is_loud_and_unconfined() {
+    let server = Server::start_with(ServerKind::Vtestd, &["--sandbox=off"]);
+    let (_client, worker) = connected(&server);
+    assert_eq!(status_field(worker, "Seccomp"), "0");
+    assert!(server.log_text().contains("UNCONFINED"));
+}
+
+#[test]
+fn a_seccomp_violation_is_reported_by_name() {
+    let mut server = Server::start_with_env(
+        ServerKind::Vtestd,
+        &[],
+        &[("VTESTD_TEST_FORBIDDEN_SYSCALL", "socket")],
+    );
+    let mut client = Client::connect(server.socket_path()).unwrap();
+    // The worker dies as soon as it takes the client.
+    let _ = client.handshake("violator", 2);
+    client
+        .expect_disconnect(Duration::from_secs(10))
+        .expect("the violating worker's client is disconnected");
+    assert!(
+        eventually(10, || server.log_text().contains("worker killed by SIGSYS")),
+        "log:\n{}",
+        server.log_text()
+    );
+    let log = server.log_text();
+    assert!(
+        log.contains("seccomp violation: socket"),
+        "broker names the syscall; log:\n{log}"
+    );
+    assert!(log.contains("uid="), "with the client's identity");
+    assert!(server.is_alive());
+}
+
+#[test]
+fn piglit_passes_as_well_confined_as_not() {
+    let xvfb = Xvfb::start();
+    let limit = Duration::from_secs(240);
+    let confined = {
+        let server = Server::start(ServerKind::Vtestd);
+        run_piglit(&server, &xvfb, PIGLIT_PROFILE, limit).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let unconfined = {
+        let server = Server::start_with(ServerKind::Vtestd, &["--sandbox=off"]);
+        run_piglit(&server, &xvfb, PIGLIT_PROFILE, limit).unwrap_or_else(|e| panic!("{e}"))
+    };
+    println!("sandbox on:  {}", confined.summary());
+    println!("sandbox off: {}", unconfined.summary());
+    assert!(unconfined.count("pass") > 0);
+    assert_eq!(confined.count("pass"), unconfined.count("pass"));
+    assert_eq!(confined.failures(), unconfined.failures());
+}
