@@ -148,3 +148,44 @@ pub fn violation_message(syscall: i64, buf: &mut [u8; 32]) -> usize {
     };
     postcard::to_slice(&envelope, buf).map_or(0, |used| used.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowlists_are_small_and_steady_is_tighter() {
+        for profile in [Profile::Llvmpipe, Profile::Gpu] {
+            let init = allowed_syscalls(profile, Phase::Init);
+            let steady = allowed_syscalls(profile, Phase::Steady);
+            println!(
+                "{profile:?}: {} syscalls at init, {} in steady state",
+                init.len(),
+                steady.len()
+            );
+            assert!(steady.len() < init.len());
+            assert!(steady.iter().all(|s| init.contains(s)));
+            for forbidden in ["execve", "ptrace", "kill", "mount", "setuid", "unshare", "openat"] {
+                assert!(!steady.contains(&forbidden), "{forbidden} allowed");
+            }
+        }
+        assert!(allowed_syscalls(Profile::Llvmpipe, Phase::Steady).len() <= 40);
+    }
+
+    #[test]
+    fn violation_message_decodes_as_the_control_channel_message() {
+        let mut buf = [0u8; 32];
+        for nr in [0i64, 41, 59, 435, -1, i64::MAX] {
+            let n = violation_message(nr, &mut buf);
+            let msg: vtest_control::WorkerMsg = vtest_control::codec::decode(&buf[..n]).unwrap();
+            assert_eq!(msg, vtest_control::WorkerMsg::SeccompViolation { syscall: nr });
+        }
+    }
+
+    #[test]
+    fn syscalls_are_named() {
+        assert_eq!(syscall_name(libc::SYS_socket), Some("socket"));
+        assert_eq!(syscall_name(libc::SYS_execve), Some("execve"));
+        assert_eq!(syscall_name(100_000), None);
+    }
+}
