@@ -1412,3 +1412,21 @@ fn strict_huge_submit_cmd_closes() {
     assert_closed(&mut c, "SUBMIT_CMD LEN 2^32-1 dwords");
     assert_server_serves(&server);
 }
+
+#[test]
+fn thousands_of_live_resources_do_not_exhaust_worker_fds() {
+    // glmark2's bump scene keeps more than 1024 resources alive; each one's
+    // memfd goes to the client and must not stay open in the worker (whose
+    // fd limit is 1024), only its mapping.
+    let server = start();
+    let mut c = connect_v(&server, 2);
+    for handle in 1..=1500 {
+        let args = ResourceArgs::buffer(4096).with_handle(handle);
+        let (_, fd) = c.resource_create2(&args, 4096).unwrap();
+        drop(fd.expect("memfd"));
+    }
+    c.ping().unwrap();
+    let args = ResourceArgs::buffer(4096).with_handle(1501);
+    let (_, fd) = c.resource_create2(&args, 4096).unwrap();
+    assert!(fd.is_some());
+}

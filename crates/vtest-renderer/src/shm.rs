@@ -32,7 +32,10 @@ use crate::error::RendererError;
 /// the mapping through the attached `iovec`.
 #[derive(Debug)]
 pub struct SharedMemory {
-    fd: OwnedFd,
+    /// The memfd, until it is handed to the client ([`SharedMemory::take_fd`]):
+    /// the mapping does not need it, and a worker with thousands of live
+    /// resources must not hold thousands of fds.
+    fd: Option<OwnedFd>,
     ptr: NonNull<u8>,
     len: usize,
 }
@@ -80,15 +83,21 @@ impl SharedMemory {
         .map_err(RendererError::Shm)?;
 
         Ok(Self {
-            fd,
+            fd: Some(fd),
             ptr: ptr.cast(),
             len,
         })
     }
 
     /// The memfd, to be sent to the client.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// Takes the memfd out (to send it to the client and close it); the
+    /// mapping stays valid.
+    pub fn take_fd(&mut self) -> Option<OwnedFd> {
+        self.fd.take()
     }
 
     /// Size of the mapping in bytes (never 0).
@@ -124,12 +133,6 @@ impl SharedMemory {
     }
 }
 
-impl AsFd for SharedMemory {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-}
-
 impl Drop for SharedMemory {
     fn drop(&mut self) {
         // SAFETY: `ptr`/`len` describe exactly the mapping created in `new`,
@@ -162,32 +165,35 @@ mod tests {
     #[test]
     fn is_sealed_against_resize_and_unsealing() {
         let shm = SharedMemory::new("sealed", 4096).unwrap();
-        let seals = fcntl(shm.fd(), FcntlArg::F_GET_SEALS).unwrap();
+        let seals = fcntl(shm.fd().unwrap(), FcntlArg::F_GET_SEALS).unwrap();
         let want = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
         assert_eq!(seals & want.bits(), want.bits(), "seals = {seals:#x}");
         assert_eq!(
-            nix::unistd::ftruncate(shm.fd(), 0),
+            nix::unistd::ftruncate(shm.fd().unwrap(), 0),
             Err(Errno::EPERM),
             "shrinking must be refused"
         );
         assert_eq!(
-            nix::unistd::ftruncate(shm.fd(), 8192),
+            nix::unistd::ftruncate(shm.fd().unwrap(), 8192),
             Err(Errno::EPERM),
             "growing must be refused"
         );
         assert_eq!(
-            fcntl(shm.fd(), FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_WRITE)),
+            fcntl(
+                shm.fd().unwrap(),
+                FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_WRITE)
+            ),
             Err(Errno::EPERM),
             "no further seals may be added"
         );
-        let st = nix::sys::stat::fstat(shm.fd()).unwrap();
+        let st = nix::sys::stat::fstat(shm.fd().unwrap()).unwrap();
         assert_eq!(st.st_size, 4096);
     }
 
     #[test]
     fn fd_is_cloexec() {
         let shm = SharedMemory::new("cloexec", 64).unwrap();
-        let flags = fcntl(shm.fd(), FcntlArg::F_GETFD).unwrap();
+        let flags = fcntl(shm.fd().unwrap(), FcntlArg::F_GETFD).unwrap();
         assert_ne!(flags & libc::FD_CLOEXEC, 0);
     }
 
@@ -201,7 +207,7 @@ mod tests {
             *b = (i % 251) as u8;
         }
         let mut buf = vec![0u8; 8192];
-        assert_eq!(pread(shm.fd(), &mut buf, 0).unwrap(), 8192);
+        assert_eq!(pread(shm.fd().unwrap(), &mut buf, 0).unwrap(), 8192);
         assert_eq!(buf, shm.as_slice());
 
         // A second, independent mapping of the same fd sees the same bytes,
@@ -214,7 +220,7 @@ mod tests {
                 len,
                 ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
                 MapFlags::MAP_SHARED,
-                shm.fd(),
+                shm.fd().unwrap(),
                 0,
             )
         }

@@ -110,7 +110,7 @@ fn texture_round_trips(r: &mut Renderer) {
     };
     r.transfer_write(CTX, &t, None).unwrap();
     // The only way to reach the shm now is the fd; map it as a client would.
-    let fd = r.resource_backing(TEX).unwrap().fd();
+    let fd = r.resource_backing(TEX).unwrap().fd().unwrap();
     nix::sys::uio::pwrite(fd, &vec![0u8; TEX_BYTES], 0).unwrap();
     assert!(r
         .resource_backing(TEX)

@@ -165,7 +165,9 @@ mod tests {
             );
             assert!(steady.len() < init.len());
             assert!(steady.iter().all(|s| init.contains(s)));
-            for forbidden in ["execve", "ptrace", "kill", "mount", "setuid", "unshare", "openat"] {
+            for forbidden in [
+                "execve", "ptrace", "kill", "mount", "setuid", "unshare", "openat",
+            ] {
                 assert!(!steady.contains(&forbidden), "{forbidden} allowed");
             }
         }
@@ -178,7 +180,10 @@ mod tests {
         for nr in [0i64, 41, 59, 435, -1, i64::MAX] {
             let n = violation_message(nr, &mut buf);
             let msg: vtest_control::WorkerMsg = vtest_control::codec::decode(&buf[..n]).unwrap();
-            assert_eq!(msg, vtest_control::WorkerMsg::SeccompViolation { syscall: nr });
+            assert_eq!(
+                msg,
+                vtest_control::WorkerMsg::SeccompViolation { syscall: nr }
+            );
         }
     }
 

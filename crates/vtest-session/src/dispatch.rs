@@ -384,14 +384,11 @@ impl<B: Backend> Dispatcher<B> {
         let handle = self.new_handle(command, args.handle)?;
         self.check_new_resource(u64::from(data_size))?;
         args.handle = handle;
-        let backing = match data_size {
+        let mut backing = match data_size {
             0 => None,
             n => Some(self.shared_memory(handle, u64::from(n))?),
         };
-        let client_fd = match &backing {
-            Some(shm) => Some(shm.fd().try_clone_to_owned().map_err(io)?),
-            None => None,
-        };
+        let client_fd = backing.as_mut().and_then(SharedMemory::take_fd);
         self.backend
             .resource_create(CTX_ID, &args, backing)
             .map_err(|source| SessionError::Renderer { command, source })?;
@@ -420,15 +417,12 @@ impl<B: Backend> Dispatcher<B> {
         }
         self.check_new_resource(shm_bytes)?;
         let handle = self.resources.allocate_id();
-        let backing = if guest_backed {
+        let mut backing = if guest_backed {
             Some(self.shared_memory(handle, blob.size)?)
         } else {
             None
         };
-        let guest_fd = match &backing {
-            Some(shm) => Some(shm.fd().try_clone_to_owned().map_err(io)?),
-            None => None,
-        };
+        let guest_fd = backing.as_mut().and_then(SharedMemory::take_fd);
         self.backend
             .resource_create_blob(CTX_ID, handle, &blob, backing)
             .map_err(|source| SessionError::Renderer { command, source })?;
