@@ -132,14 +132,26 @@ fn each_client_gets_its_own_worker_process_and_workers_exit() {
 }
 
 #[test]
-fn sigterm_stops_the_broker_its_workers_and_removes_the_socket() {
-    let mut server = Server::start(ServerKind::Vtestd);
+fn sigterm_stops_accepting_lets_clients_finish_then_ends_workers() {
+    let config = "[server]\nshutdown_grace_secs = 2\n";
+    let mut server = Server::start_with_config(config, &[]);
     let broker = server.pid();
-    let _a = Tenant::connect(&server, "held");
+    let mut a = Tenant::connect(&server, "held");
     let workers = wait_for_children(broker, 1);
     assert_eq!(workers.len(), 1);
+    kill(Pid::from_raw(broker as i32), Signal::SIGTERM).unwrap();
+    // No new clients at once; the connected one keeps working in the grace period.
+    assert!(
+        eventually(2, || !server.socket_path().exists()),
+        "socket removed"
+    );
+    a.round_trip(9);
+    // After the grace period its worker is ended and the broker exits cleanly.
+    a.client
+        .expect_disconnect(Duration::from_secs(10))
+        .expect("ended after the grace period");
     let status = server.stop().expect("stopped");
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
-    assert!(!server.socket_path().exists(), "socket removed");
     assert!(eventually(5, || !alive(workers[0])), "worker ended too");
+    assert!(server.log_text().contains("grace period over"));
 }

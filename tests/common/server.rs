@@ -63,6 +63,17 @@ impl Server {
         Self::start_with_env(kind, extra, &[])
     }
 
+    /// Starts vtestd with a configuration file holding `toml` (written into
+    /// the server's private directory) and extra arguments.
+    pub fn start_with_config(toml: &str, extra: &[&str]) -> Server {
+        let path = unique_dir("config").join("vtestd.toml");
+        fs::write(&path, toml).expect("write config");
+        let arg = format!("--config={}", path.display());
+        let mut args = vec![arg.as_str()];
+        args.extend_from_slice(extra);
+        Self::start_with_env(ServerKind::Vtestd, &args, &[])
+    }
+
     /// Starts a server with extra arguments and environment variables.
     pub fn start_with_env(kind: ServerKind, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let tag = match kind {
@@ -76,6 +87,15 @@ impl Server {
             ServerKind::Vtestd => {
                 let mut c = Command::new(vtestd_bin());
                 c.arg("serve");
+                // A private admin socket; no pre-started workers unless the
+                // test asks (so a server's children are its clients' workers).
+                c.arg(format!(
+                    "--admin-socket={}",
+                    dir.join("admin.sock").display()
+                ));
+                if !extra.iter().any(|a| a.starts_with("--pool")) {
+                    c.arg("--pool=0");
+                }
                 c.env(
                     "RUST_LOG",
                     std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -160,6 +180,21 @@ impl Server {
     /// Everything the server has written to stderr so far.
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `vtestd status --json` of this server.
+    pub fn status(&self) -> serde_json::Value {
+        let out = Command::new(vtestd_bin())
+            .args(["status", "--json", "--admin-socket"])
+            .arg(self.dir.join("admin.sock"))
+            .output()
+            .expect("run vtestd status");
+        assert!(
+            out.status.success(),
+            "vtestd status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
     }
 
     /// Whether the server process is still running.

@@ -1,158 +1,482 @@
-//! The event loop.
+//! The event loop: listeners, silent clients waiting for their first byte,
+//! worker pools, the admin socket, signals, the hang watchdog.
 
-use std::os::fd::AsFd;
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use nix::sys::socket::{getsockopt, recv, sockopt::PeerCredentials, MsgFlags};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
-use tracing::{error, info, warn};
+use nix::unistd::{Gid, Pid};
+use tracing::{debug, error, info, warn};
 use vtest_control::{BrokerMsg, Channel, ClientInfo};
 
-use crate::listener::Listener;
-use crate::workers::Workers;
-use crate::{BrokerError, WorkerCommand};
+use crate::cgroup::{self, Cgroups};
+use crate::config::{parse_mode, Backend, Config, ListenerConfig};
+use crate::listener::{resolve_gid, Listener, SocketPerms};
+use crate::status::{ClientStatus, Counters, ExitRecord, ListenerStatus, Status};
+use crate::workers::{Role, Workers};
+use crate::{admin, BrokerError, WorkerCommand};
 
-/// How long workers get to finish after SIGTERM before they are killed.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Recent client ends kept for `vtestd status`.
+const RECENT_EXITS: usize = 64;
+/// After a pool worker fails to start, wait this long before the next.
+const POOL_BACKOFF: Duration = Duration::from_secs(2);
+/// After the grace period, workers get SIGTERM and then this long.
+const KILL_AFTER: Duration = Duration::from_secs(2);
 
-/// What the broker serves.
-#[derive(Debug, Clone)]
+/// Rewrites a loaded configuration (command-line flags over the file).
+pub type Overrides = Box<dyn Fn(&mut Config)>;
+
+/// What the broker serves and how it starts workers.
 pub struct BrokerConfig {
-    /// The listening socket's path.
-    pub socket_path: PathBuf,
-    /// Listener name reported to workers and in logs.
-    pub listener_name: String,
-    /// How workers are started.
-    pub worker: WorkerCommand,
-    /// Stop accepting after this many clients and exit when they are done
-    /// (the reference's `--no-loop-or-fork` serves one client).
+    pub config: Config,
+    /// Re-read on SIGHUP (None: the defaults).
+    pub config_path: Option<PathBuf>,
+    /// Applied to the file's settings at start and on every reload.
+    pub overrides: Overrides,
+    /// The vtestd binary (workers are `vtestd worker`).
+    pub program: PathBuf,
+    /// Stop accepting after this many clients and exit when they are done.
     pub max_clients: Option<u64>,
 }
 
-/// A running broker.
-pub struct Broker {
-    config: BrokerConfig,
-    listener: Option<Listener>,
-    signals: SignalFd,
-    workers: Workers,
-    next_client_id: u64,
+struct ListenerState {
+    config: ListenerConfig,
+    socket: Option<Listener>,
+    command: WorkerCommand,
+    limits: vtest_control::Limits,
+    backoff_until: Option<Instant>,
+}
+
+/// A client that has not sent a byte yet: it costs no worker.
+struct Waiting {
+    stream: UnixStream,
+    client: ClientInfo,
+    since: Instant,
 }
 
 enum Event {
     Signal,
-    Accept,
+    Accept(usize),
+    Admin,
     Worker(u32),
+    Waiting(usize),
+}
+
+/// A running broker.
+pub struct Broker {
+    settings: BrokerConfig,
+    listeners: Vec<ListenerState>,
+    admin: Option<Listener>,
+    admin_gid: Option<Gid>,
+    signals: SignalFd,
+    workers: Workers,
+    waiting: Vec<Waiting>,
+    next_client_id: u64,
+    counters: Counters,
+    recent: VecDeque<(Instant, ExitRecord)>,
+    started: Instant,
+    cgroups: Option<Cgroups>,
+    /// Set by SIGTERM: when serving workers are told to stop.
+    stopping: Option<Instant>,
+    terminated_at: Option<Instant>,
+}
+
+fn worker_command(program: &std::path::Path, l: &ListenerConfig) -> WorkerCommand {
+    let mut args: Vec<std::ffi::OsString> = vec!["worker".into()];
+    match l.backend {
+        Backend::Surfaceless => args.push("--use-egl-surfaceless".into()),
+        Backend::Gles => {
+            args.push("--use-egl-surfaceless".into());
+            args.push("--use-gles".into());
+        }
+        Backend::RenderNode => {}
+    }
+    if let Some(node) = &l.render_node {
+        args.push("--rendernode".into());
+        args.push(node.clone().into_os_string());
+    }
+    if !l.sandbox {
+        args.push("--sandbox=off".into());
+    }
+    WorkerCommand {
+        program: program.to_owned(),
+        args,
+        shader_cache_dir: l.shader_cache_dir.clone(),
+    }
 }
 
 impl Broker {
-    /// Binds the socket and sets up signal handling (SIGINT, SIGTERM and
-    /// SIGCHLD arrive through a signalfd).
-    pub fn new(config: BrokerConfig) -> Result<Broker, BrokerError> {
+    /// Binds every listener and the admin socket, and sets up signals
+    /// (SIGINT, SIGTERM, SIGHUP and SIGCHLD arrive through a signalfd).
+    pub fn new(mut settings: BrokerConfig) -> Result<Broker, BrokerError> {
         let mut mask = SigSet::empty();
-        for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGCHLD] {
+        for s in [
+            Signal::SIGINT,
+            Signal::SIGTERM,
+            Signal::SIGHUP,
+            Signal::SIGCHLD,
+        ] {
             mask.add(s);
         }
         mask.thread_block().map_err(BrokerError::Signals)?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(BrokerError::Signals)?;
-        let listener = Listener::bind(&config.socket_path)?;
-        info!(socket = %listener.path().display(), "listening");
-        Ok(Broker {
-            config,
-            listener: Some(listener),
+        (settings.overrides)(&mut settings.config);
+        let server = settings.config.server.clone();
+        let mut broker = Broker {
+            listeners: Vec::new(),
+            admin: None,
+            admin_gid: None,
             signals,
             workers: Workers::default(),
+            waiting: Vec::new(),
             next_client_id: 1,
-        })
+            counters: Counters::default(),
+            recent: VecDeque::new(),
+            started: Instant::now(),
+            cgroups: None,
+            stopping: None,
+            terminated_at: None,
+            settings,
+        };
+        broker.apply_listeners()?;
+        broker.bind_admin(&server.admin_socket, server.admin_group.as_deref());
+        if server.cgroups {
+            match Cgroups::detect(server.worker_memory_mib << 20, server.worker_pids) {
+                Ok(c) => {
+                    info!(
+                        "per-worker cgroup limits: memory.max {} MiB, pids.max {}",
+                        server.worker_memory_mib, server.worker_pids
+                    );
+                    broker.cgroups = Some(c);
+                }
+                Err(why) => info!("per-worker cgroup limits skipped: {why}"),
+            }
+        }
+        Ok(broker)
+    }
+
+    /// Binds listeners that are new in the configuration, updates the
+    /// settings of existing ones (by name) and closes removed ones.
+    fn apply_listeners(&mut self) -> Result<(), BrokerError> {
+        let config = self.settings.config.clone();
+        self.listeners.retain(|l| {
+            let keep = config
+                .listeners
+                .iter()
+                .any(|c| c.name == l.config.name && c.path == l.config.path);
+            if !keep {
+                info!(listener = %l.config.name, "listener removed");
+            }
+            keep
+        });
+        for lc in &config.listeners {
+            let limits = config.limits[&lc.limits].to_wire();
+            let command = worker_command(&self.settings.program, lc);
+            if let Some(existing) = self.listeners.iter_mut().find(|l| l.config.name == lc.name) {
+                if existing.command.args != command.args {
+                    // New backend: the pool's workers were started for the old one.
+                    for (pid, w) in self.workers.iter() {
+                        if w.listener == lc.name && matches!(w.role, Role::Pool { .. }) {
+                            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+                        }
+                    }
+                }
+                existing.config = lc.clone();
+                existing.command = command;
+                existing.limits = limits;
+                continue;
+            }
+            let perms = SocketPerms {
+                mode: lc
+                    .mode
+                    .as_deref()
+                    .map(parse_mode)
+                    .transpose()
+                    .ok()
+                    .flatten(),
+                owner: lc.owner.clone(),
+                group: lc.group.clone(),
+            };
+            let socket = Listener::bind(&lc.path, &perms)?;
+            info!(listener = %lc.name, socket = %lc.path.display(), backend = ?lc.backend,
+                  pool = lc.pool, sandbox = lc.sandbox, "listening");
+            if lc.shader_cache_dir.is_some() && lc.pool > 0 {
+                info!(listener = %lc.name,
+                      "no pre-started workers: the shader cache is per client uid");
+            }
+            self.listeners.push(ListenerState {
+                config: lc.clone(),
+                socket: Some(socket),
+                command,
+                limits,
+                backoff_until: None,
+            });
+        }
+        Ok(())
+    }
+
+    fn bind_admin(&mut self, path: &std::path::Path, group: Option<&str>) {
+        self.admin_gid = group.and_then(|g| match resolve_gid(g) {
+            Ok(gid) => Some(gid),
+            Err(e) => {
+                warn!(group = g, error = %e, "admin group unknown; admin socket is root-only");
+                None
+            }
+        });
+        let perms = SocketPerms {
+            mode: Some(if self.admin_gid.is_some() {
+                0o660
+            } else {
+                0o600
+            }),
+            owner: None,
+            group: self.admin_gid.map(|g| g.as_raw().to_string()),
+        };
+        match Listener::bind(path, &perms) {
+            Ok(l) => {
+                info!(socket = %path.display(), "admin socket");
+                self.admin = Some(l);
+            }
+            Err(e) => warn!(socket = %path.display(), error = %e, "no admin socket"),
+        }
     }
 
     /// Serves until SIGINT/SIGTERM (or the client budget is used up), then
-    /// ends every worker and removes the socket.
+    /// lets clients finish for the grace period, ends every worker and
+    /// removes the sockets.
     pub fn run(mut self) -> Result<(), BrokerError> {
         loop {
+            self.replenish_pools();
             for event in self.wait()? {
                 match event {
-                    Event::Signal => {
-                        if self.handle_signals() {
-                            self.shutdown();
-                            return Ok(());
-                        }
-                    }
-                    Event::Accept => self.accept_all(),
+                    Event::Signal => self.handle_signals(),
+                    Event::Accept(i) => self.accept_all(i),
+                    Event::Admin => self.serve_admin(),
                     Event::Worker(pid) => self.workers.drain(pid),
+                    Event::Waiting(i) => self.check_waiting(i),
                 }
             }
-            if self.listener.is_none() && self.workers.len() == 0 {
-                info!("client budget used; exiting");
+            self.periodic();
+            if self.finished() {
+                info!("stopped");
                 return Ok(());
             }
         }
     }
 
+    fn finished(&self) -> bool {
+        let accepting = self.listeners.iter().any(|l| l.socket.is_some());
+        !accepting && self.waiting.is_empty() && self.workers.len() == 0
+    }
+
     fn wait(&self) -> Result<Vec<Event>, BrokerError> {
         let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
         let mut events = vec![Event::Signal];
-        if let Some(l) = &self.listener {
-            fds.push(PollFd::new(l.socket.as_fd(), PollFlags::POLLIN));
-            events.push(Event::Accept);
+        for (i, l) in self.listeners.iter().enumerate() {
+            if let Some(s) = &l.socket {
+                fds.push(PollFd::new(s.socket.as_fd(), PollFlags::POLLIN));
+                events.push(Event::Accept(i));
+            }
+        }
+        if let Some(a) = &self.admin {
+            fds.push(PollFd::new(a.socket.as_fd(), PollFlags::POLLIN));
+            events.push(Event::Admin);
         }
         for (pid, channel) in self.workers.channels() {
             fds.push(PollFd::new(channel.as_fd(), PollFlags::POLLIN));
             events.push(Event::Worker(pid));
         }
-        match poll(&mut fds, PollTimeout::NONE) {
+        for (i, w) in self.waiting.iter().enumerate() {
+            fds.push(PollFd::new(w.stream.as_fd(), PollFlags::POLLIN));
+            events.push(Event::Waiting(i));
+        }
+        let timers = self.workers.len() > 0
+            || !self.waiting.is_empty()
+            || self.listeners.iter().any(|l| l.backoff_until.is_some());
+        let timeout = if timers {
+            PollTimeout::from(1000u16)
+        } else {
+            PollTimeout::NONE
+        };
+        match poll(&mut fds, timeout) {
             Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => return Ok(Vec::new()),
+            Err(Errno::EINTR) => return Ok(Vec::new()),
             Err(e) => return Err(BrokerError::EventLoop(e)),
         }
         let ready: Vec<bool> = fds
             .iter()
             .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
             .collect();
-        Ok(events
+        let mut out: Vec<Event> = events
             .into_iter()
             .zip(ready)
             .filter_map(|(e, r)| r.then_some(e))
-            .collect())
+            .collect();
+        // Waiting indices shift as entries leave: handle them last, highest first.
+        out.sort_by_key(|e| match e {
+            Event::Waiting(i) => usize::MAX - i,
+            _ => 0,
+        });
+        Ok(out)
     }
 
-    /// Reaps children; true when asked to stop.
-    fn handle_signals(&mut self) -> bool {
-        let mut stop = false;
+    fn handle_signals(&mut self) {
         while let Ok(Some(info)) = self.signals.read_signal() {
             match Signal::try_from(info.ssi_signo as i32) {
                 Ok(Signal::SIGCHLD) => self.reap(),
-                Ok(s @ (Signal::SIGINT | Signal::SIGTERM)) => {
-                    info!(signal = %s, "stopping");
-                    stop = true;
-                }
+                Ok(Signal::SIGHUP) => self.reload(),
+                Ok(s @ (Signal::SIGINT | Signal::SIGTERM)) => self.begin_stop(s),
                 _ => {}
             }
         }
-        stop
+    }
+
+    fn reload(&mut self) {
+        let loaded = Config::load_or_default(self.settings.config_path.as_deref());
+        match loaded {
+            Ok(mut config) => {
+                (self.settings.overrides)(&mut config);
+                self.settings.config = config;
+                match self.apply_listeners() {
+                    Ok(()) => info!("configuration reloaded (applies to new connections)"),
+                    Err(e) => error!(error = %e, "reload: cannot bind a new listener"),
+                }
+            }
+            Err(e) => error!(error = %e, "reload failed; keeping the running configuration"),
+        }
+    }
+
+    /// Stops accepting; serving clients get the grace period.
+    fn begin_stop(&mut self, signal: Signal) {
+        if self.stopping.is_some() {
+            info!(signal = %signal, "second stop signal: ending every worker now");
+            self.stopping = Some(Instant::now());
+            return;
+        }
+        let grace = Duration::from_secs(self.settings.config.server.shutdown_grace_secs);
+        info!(signal = %signal, grace_secs = grace.as_secs(), "stopping: no new clients");
+        for l in &mut self.listeners {
+            l.socket = None;
+        }
+        self.admin = None;
+        self.waiting.clear();
+        for (pid, w) in self.workers.iter() {
+            if matches!(w.role, Role::Pool { .. }) {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            }
+        }
+        self.stopping = Some(Instant::now() + grace);
     }
 
     fn reap(&mut self) {
         loop {
             match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
-                Ok(status) => self.workers.reaped(status),
+                Ok(status) => {
+                    let Some(ended) = self.workers.reaped(status) else {
+                        continue;
+                    };
+                    if let Some(dir) = &ended.cgroup {
+                        cgroup::remove(dir);
+                    }
+                    *self
+                        .counters
+                        .worker_exits
+                        .entry(ended.category.to_string())
+                        .or_default() += 1;
+                    if let Some(record) = ended.record {
+                        self.recent.push_front((ended.ended_at, record));
+                        self.recent.truncate(RECENT_EXITS);
+                    } else if !ended.became_ready && self.stopping.is_none() {
+                        // A pool worker died before it was ready: back off.
+                        if let Some(l) = self
+                            .listeners
+                            .iter_mut()
+                            .find(|l| l.config.name == ended.listener)
+                        {
+                            l.backoff_until = Some(Instant::now() + POOL_BACKOFF);
+                        }
+                    }
+                }
             }
         }
     }
 
-    fn accept_all(&mut self) {
+    /// Keeps each listener's pool at its size.
+    fn replenish_pools(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        for i in 0..self.listeners.len() {
+            let l = &mut self.listeners[i];
+            if l.socket.is_none() || l.config.shader_cache_dir.is_some() {
+                continue;
+            }
+            if let Some(until) = l.backoff_until {
+                if Instant::now() < until {
+                    continue;
+                }
+                l.backoff_until = None;
+            }
+            let (ready, starting) = self.workers.pool_counts(&l.config.name);
+            for _ in (ready + starting)..l.config.pool {
+                if self.spawn(i, Role::Pool { ready: false }, 0).is_none() {
+                    self.listeners[i].backoff_until = Some(Instant::now() + POOL_BACKOFF);
+                    break;
+                }
+            }
+        }
+    }
+
+    fn spawn(&mut self, listener: usize, role: Role, uid: u32) -> Option<u32> {
+        let l = &self.listeners[listener];
+        let (ours, theirs) = match Channel::pair() {
+            Ok(pair) => pair,
+            Err(e) => {
+                error!(error = %e, "control channel");
+                return None;
+            }
+        };
+        let pid = match l.command.spawn(theirs.into_fd(), uid) {
+            Ok(p) => p,
+            Err(e) => {
+                error!(listener = %l.config.name, error = %e, "cannot start a worker");
+                return None;
+            }
+        };
+        let name = l.config.name.clone();
+        self.counters.workers_started += 1;
+        self.workers.insert(pid, &name, ours, role);
+        if let Some(cg) = &self.cgroups {
+            match cg.add(pid) {
+                Ok(dir) => {
+                    if let Some(w) = self.workers.get_mut(pid) {
+                        w.cgroup = Some(dir);
+                    }
+                }
+                Err(e) => warn!(worker = pid, error = %e, "cgroup limits not applied"),
+            }
+        }
+        debug!(worker = pid, listener = %name, "worker started");
+        Some(pid)
+    }
+
+    fn accept_all(&mut self, i: usize) {
         loop {
-            let Some(listener) = &self.listener else {
+            let Some(socket) = &self.listeners[i].socket else {
                 return;
             };
-            match listener.accept() {
-                Ok(Some(stream)) => self.start_worker(stream),
+            match socket.accept() {
+                Ok(Some(stream)) => self.admit(i, stream),
                 Ok(None) => return,
                 Err(e) => {
                     // EMFILE and friends: log and retry on the next event.
@@ -160,85 +484,304 @@ impl Broker {
                     return;
                 }
             }
-            if let Some(max) = self.config.max_clients {
-                if self.next_client_id > max {
-                    self.listener = None;
+            if let Some(max) = self.settings.max_clients {
+                if self.counters.clients_accepted >= max {
+                    info!("client budget used: no new clients");
+                    for l in &mut self.listeners {
+                        l.socket = None;
+                    }
+                    return;
                 }
             }
         }
     }
 
-    fn start_worker(&mut self, stream: std::os::unix::net::UnixStream) {
-        let client_id = self.next_client_id;
-        self.next_client_id += 1;
+    fn refuse(&mut self, reason: &str, client: &ClientInfo) {
+        warn!(listener = %client.listener, peer_pid = client.pid, uid = client.uid,
+              gid = client.gid, "client refused: {reason}");
+        *self
+            .counters
+            .clients_refused
+            .entry(reason.to_string())
+            .or_default() += 1;
+    }
+
+    /// Checks a new connection against the listener's peers and the caps,
+    /// then keeps it until its first byte.
+    fn admit(&mut self, i: usize, stream: UnixStream) {
+        let l = &self.listeners[i];
         let (pid, uid, gid) = match getsockopt(&stream, PeerCredentials) {
             Ok(c) => (c.pid(), c.uid(), c.gid()),
             Err(e) => {
-                warn!(client = client_id, error = %e, "no peer credentials; closing");
+                warn!(listener = %l.config.name, error = %e, "no peer credentials; closing");
                 return;
             }
         };
         let client = ClientInfo {
-            client_id,
+            client_id: self.next_client_id,
             pid,
             uid,
             gid,
-            listener: self.config.listener_name.clone(),
+            listener: l.config.name.clone(),
         };
-        let (ours, theirs) = match Channel::pair() {
-            Ok(pair) => pair,
-            Err(e) => {
-                error!(client = client_id, error = %e, "control channel; closing client");
-                return;
-            }
-        };
-        let worker_pid = match self.config.worker.spawn(theirs.into_fd(), uid) {
-            Ok(p) => p,
-            Err(e) => {
-                error!(client = client_id, error = %e, "cannot start worker; closing client");
-                return;
-            }
-        };
-        // Queued in the channel; the worker reads it once initialised.
-        let attach = BrokerMsg::Attach {
-            client: client.clone(),
-        };
-        if let Err(e) = ours.send(&attach, &[stream.as_fd()]) {
-            error!(client = client_id, worker = worker_pid, error = %e, "cannot hand over client");
-            let _ = kill(Pid::from_raw(worker_pid as i32), Signal::SIGKILL);
+        self.next_client_id += 1;
+        let cfg = &l.config;
+        let restricted = !cfg.allowed_uids.is_empty() || !cfg.allowed_gids.is_empty();
+        if restricted && !cfg.allowed_uids.contains(&uid) && !cfg.allowed_gids.contains(&gid) {
+            return self.refuse("peer not allowed", &client);
         }
-        info!(
-            client = client_id,
-            worker = worker_pid,
+        let server = &self.settings.config.server;
+        let (serving, serving_uid) = self.workers.serving_counts(uid);
+        let waiting_uid = self.waiting.iter().filter(|w| w.client.uid == uid).count() as u32;
+        let total = serving + self.waiting.len() as u32;
+        if total >= server.max_clients {
+            return self.refuse("max_clients reached", &client);
+        }
+        if serving_uid + waiting_uid >= server.max_clients_per_uid {
+            return self.refuse("max_clients_per_uid reached", &client);
+        }
+        if let Err(e) = stream.set_nonblocking(true) {
+            warn!(error = %e, "client socket");
+            return;
+        }
+        self.counters.clients_accepted += 1;
+        debug!(
+            client = client.client_id,
             peer_pid = pid,
             uid,
             gid,
-            "client accepted"
+            "client waiting for its first byte"
         );
-        self.workers.insert(worker_pid, ours, client);
+        self.waiting.push(Waiting {
+            stream,
+            client,
+            since: Instant::now(),
+        });
     }
 
-    /// Stops accepting, asks workers to stop, kills the stragglers.
-    fn shutdown(&mut self) {
-        self.listener = None;
-        for pid in self.workers.pids() {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + SHUTDOWN_GRACE;
-        while self.workers.len() > 0 && Instant::now() < deadline {
-            self.reap();
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        for pid in self.workers.pids() {
-            warn!(worker = pid, "worker did not stop in time; killing");
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-        }
-        while self.workers.len() > 0 {
-            match waitpid(None::<Pid>, None) {
-                Ok(status) => self.workers.reaped(status),
-                Err(_) => break,
+    /// A waiting client became readable: hand it to a worker, or drop it if
+    /// it only hung up.
+    fn check_waiting(&mut self, i: usize) {
+        let mut byte = [0u8; 1];
+        let fd = self.waiting[i].stream.as_raw_fd();
+        match recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+            Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
+            Ok(0) | Err(_) => {
+                let w = self.waiting.swap_remove(i);
+                self.counters.closed_before_first_byte += 1;
+                debug!(client = w.client.client_id, "closed before its first byte");
+            }
+            Ok(_) => {
+                let w = self.waiting.swap_remove(i);
+                self.hand_over(w);
             }
         }
-        info!("stopped");
+    }
+
+    fn hand_over(&mut self, w: Waiting) {
+        let Some(li) = self
+            .listeners
+            .iter()
+            .position(|l| l.config.name == w.client.listener)
+        else {
+            return self.refuse("listener removed", &w.client);
+        };
+        let from_pool = self.workers.take_ready(&w.client.listener);
+        let pid =
+            match from_pool.or_else(|| self.spawn(li, Role::Pool { ready: false }, w.client.uid)) {
+                Some(pid) => pid,
+                None => return self.refuse("no worker could be started", &w.client),
+            };
+        if let Err(e) = w.stream.set_nonblocking(false) {
+            warn!(error = %e, "client socket");
+        }
+        let limits = self.listeners[li].limits;
+        let attach = BrokerMsg::Attach {
+            client: w.client.clone(),
+            limits,
+        };
+        let Some(worker) = self.workers.get_mut(pid) else {
+            return;
+        };
+        let sent = worker
+            .channel
+            .as_ref()
+            .map(|c| c.send(&attach, &[w.stream.as_fd()]));
+        if !matches!(sent, Some(Ok(()))) {
+            error!(
+                client = w.client.client_id,
+                worker = pid,
+                "cannot hand over client"
+            );
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            return;
+        }
+        let c = &w.client;
+        info!(client = c.client_id, worker = pid, peer_pid = c.pid, uid = c.uid, gid = c.gid,
+              listener = %c.listener, pooled = from_pool.is_some(), "client accepted");
+        worker.role = Role::Serving {
+            client: w.client,
+            since: w.since,
+        };
+    }
+
+    fn serve_admin(&mut self) {
+        let Some(admin) = &self.admin else { return };
+        let stream = match admin.accept() {
+            Ok(Some(s)) => s,
+            Ok(None) => return,
+            Err(e) => return warn!(error = %e, "admin accept"),
+        };
+        let allowed = match getsockopt(&stream, PeerCredentials) {
+            Ok(c) => {
+                c.uid() == 0
+                    || c.uid() == nix::unistd::geteuid().as_raw()
+                    || self.admin_gid.is_some_and(|g| g.as_raw() == c.gid())
+            }
+            Err(_) => false,
+        };
+        if !allowed {
+            warn!("admin request from a peer outside root and the admin group; refused");
+            return;
+        }
+        if let Err(e) = admin::serve(stream, || self.status()) {
+            debug!(error = %e, "admin request");
+        }
+    }
+
+    /// The broker's state for `vtestd status`.
+    pub fn status(&self) -> Status {
+        let now = Instant::now();
+        let listeners = self
+            .listeners
+            .iter()
+            .map(|l| {
+                let (ready, starting) = self.workers.pool_counts(&l.config.name);
+                ListenerStatus {
+                    name: l.config.name.clone(),
+                    path: l.config.path.display().to_string(),
+                    backend: format!("{:?}", l.config.backend).to_lowercase(),
+                    pool_target: l.config.pool,
+                    pool_ready: ready,
+                    pool_starting: starting,
+                    clients: self.workers.serving_count(&l.config.name),
+                    waiting: self
+                        .waiting
+                        .iter()
+                        .filter(|w| w.client.listener == l.config.name)
+                        .count() as u32,
+                }
+            })
+            .collect();
+        let mut clients: Vec<ClientStatus> = self
+            .waiting
+            .iter()
+            .map(|w| client_status(&w.client, "waiting", None, w.since, Default::default()))
+            .collect();
+        for (pid, w) in self.workers.iter() {
+            if let Role::Serving { client, since } = &w.role {
+                clients.push(client_status(
+                    client,
+                    "serving",
+                    Some(pid),
+                    *since,
+                    w.stats.clone(),
+                ));
+            }
+        }
+        clients.sort_by_key(|c| c.client_id);
+        let recent_exits = self
+            .recent
+            .iter()
+            .map(|(at, r)| ExitRecord {
+                secs_ago: now.duration_since(*at).as_secs_f64(),
+                ..r.clone()
+            })
+            .collect();
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            listeners,
+            clients,
+            recent_exits,
+            counters: self.counters.clone(),
+        }
+    }
+
+    /// Timers: hang watchdog, silent clients' idle limit, the stop sequence.
+    fn periodic(&mut self) {
+        let hang = Duration::from_secs(self.settings.config.server.hang_timeout_secs);
+        if !hang.is_zero() {
+            self.workers.watchdog(hang);
+        }
+        let now = Instant::now();
+        let listeners = &self.listeners;
+        let before = self.waiting.len();
+        self.waiting.retain(|w| {
+            let idle_ms = listeners
+                .iter()
+                .find(|l| l.config.name == w.client.listener)
+                .map_or(0, |l| l.limits.idle_timeout_ms);
+            let keep = idle_ms == 0 || now.duration_since(w.since) < Duration::from_millis(idle_ms);
+            if !keep {
+                warn!(
+                    client = w.client.client_id,
+                    peer_pid = w.client.pid,
+                    uid = w.client.uid,
+                    "limit idle_timeout_ms exceeded before the first byte; closing"
+                );
+            }
+            keep
+        });
+        let dropped = before - self.waiting.len();
+        if dropped > 0 {
+            *self
+                .counters
+                .clients_refused
+                .entry("idle before first byte".into())
+                .or_default() += dropped as u64;
+        }
+        if let Some(deadline) = self.stopping {
+            if now >= deadline && self.terminated_at.is_none() {
+                let serving = self.workers.pids();
+                if !serving.is_empty() {
+                    info!(workers = serving.len(), "grace period over: ending workers");
+                }
+                for pid in serving {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+                }
+                self.terminated_at = Some(now);
+            }
+            if let Some(t) = self.terminated_at {
+                if now.duration_since(t) >= KILL_AFTER {
+                    for pid in self.workers.pids() {
+                        warn!(worker = pid, "worker did not stop; killing");
+                        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    }
+                    self.terminated_at = Some(now);
+                }
+            }
+        }
+    }
+}
+
+fn client_status(
+    c: &ClientInfo,
+    state: &str,
+    worker: Option<u32>,
+    since: Instant,
+    stats: vtest_control::SessionStats,
+) -> ClientStatus {
+    ClientStatus {
+        client_id: c.client_id,
+        listener: c.listener.clone(),
+        peer_pid: c.pid,
+        uid: c.uid,
+        gid: c.gid,
+        state: state.to_string(),
+        worker_pid: worker,
+        connected_secs: since.elapsed().as_secs_f64(),
+        stats,
     }
 }

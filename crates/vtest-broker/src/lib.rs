@@ -1,18 +1,26 @@
-//! The broker: owns the listening socket, checks each peer, starts one worker
-//! process per client (fork+exec, so every worker gets a fresh address space),
-//! hands it the client fd over the control channel, and reaps it.
+//! The broker: owns the listening sockets, checks each peer, keeps silent
+//! clients without a worker until their first byte, hands each client to its
+//! own worker process (pre-started and initialised where a pool is
+//! configured; fork+exec, so every worker gets a fresh address space), and
+//! reaps and accounts for every worker.
 //!
 //! It never links EGL, GL or virglrenderer: everything that parses client
-//! data runs in a worker. Single-threaded: one `poll` loop over the listener,
-//! a signalfd and the workers' control channels.
+//! data runs in a worker. Single-threaded: one `poll` loop over the
+//! listeners, the admin socket, a signalfd, waiting clients and the workers'
+//! control channels.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 mod broker;
+mod cgroup;
+pub mod config;
 mod error;
 mod listener;
 mod spawn;
+pub mod status;
 mod workers;
 
-pub use broker::{Broker, BrokerConfig};
+pub use broker::{Broker, BrokerConfig, Overrides};
+pub use config::Config;
 pub use error::BrokerError;
 pub use spawn::WorkerCommand;

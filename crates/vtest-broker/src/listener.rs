@@ -1,10 +1,12 @@
-//! The client-facing socket.
+//! Client-facing and admin sockets.
 
 use std::fs;
 use std::io::ErrorKind;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+
+use nix::unistd::{Gid, Group, Uid, User};
 
 use crate::BrokerError;
 
@@ -14,9 +16,18 @@ pub(crate) struct Listener {
     path: PathBuf,
 }
 
+/// Ownership and mode of a socket file.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SocketPerms {
+    pub(crate) mode: Option<u32>,
+    pub(crate) owner: Option<String>,
+    pub(crate) group: Option<String>,
+}
+
 impl Listener {
-    /// Binds `path`, replacing a stale socket file but never a live server's.
-    pub(crate) fn bind(path: &Path) -> Result<Listener, BrokerError> {
+    /// Binds `path`, replacing a stale socket file but never a live server's,
+    /// then applies `perms`.
+    pub(crate) fn bind(path: &Path, perms: &SocketPerms) -> Result<Listener, BrokerError> {
         if let Ok(meta) = fs::symlink_metadata(path) {
             if meta.file_type().is_socket() {
                 if UnixStream::connect(path).is_ok() {
@@ -29,31 +40,29 @@ impl Listener {
             path: path.to_owned(),
             source,
         };
+        if let Some(parent) = path.parent() {
+            if !parent.as_os_str().is_empty() && !parent.exists() {
+                fs::create_dir_all(parent).map_err(bind_error)?;
+            }
+        }
         let socket = UnixListener::bind(path).map_err(bind_error)?;
-        socket.set_nonblocking(true).map_err(bind_error)?;
-        Ok(Listener {
+        let listener = Listener {
             socket,
             path: path.to_owned(),
-        })
+        };
+        listener.socket.set_nonblocking(true).map_err(bind_error)?;
+        apply_perms(path, perms).map_err(bind_error)?;
+        Ok(listener)
     }
 
     /// The next pending connection, if any.
     pub(crate) fn accept(&self) -> std::io::Result<Option<UnixStream>> {
         match self.socket.accept() {
-            Ok((stream, _)) => {
-                // Workers read with their own readiness loop; the stream
-                // must be blocking for their reply writes.
-                stream.set_nonblocking(false)?;
-                Ok(Some(stream))
-            }
+            Ok((stream, _)) => Ok(Some(stream)),
             Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(None),
             Err(e) if e.kind() == ErrorKind::Interrupted => Ok(None),
             Err(e) => Err(e),
         }
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
     }
 }
 
@@ -61,4 +70,38 @@ impl Drop for Listener {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.path);
     }
+}
+
+/// A user name or number.
+pub(crate) fn resolve_uid(name: &str) -> std::io::Result<Uid> {
+    if let Ok(n) = name.parse::<u32>() {
+        return Ok(Uid::from_raw(n));
+    }
+    match User::from_name(name) {
+        Ok(Some(u)) => Ok(u.uid),
+        _ => Err(std::io::Error::other(format!("no user {name:?}"))),
+    }
+}
+
+/// A group name or number.
+pub(crate) fn resolve_gid(name: &str) -> std::io::Result<Gid> {
+    if let Ok(n) = name.parse::<u32>() {
+        return Ok(Gid::from_raw(n));
+    }
+    match Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid),
+        _ => Err(std::io::Error::other(format!("no group {name:?}"))),
+    }
+}
+
+fn apply_perms(path: &Path, perms: &SocketPerms) -> std::io::Result<()> {
+    let uid = perms.owner.as_deref().map(resolve_uid).transpose()?;
+    let gid = perms.group.as_deref().map(resolve_gid).transpose()?;
+    if uid.is_some() || gid.is_some() {
+        nix::unistd::chown(path, uid, gid).map_err(std::io::Error::from)?;
+    }
+    if let Some(mode) = perms.mode {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
 }

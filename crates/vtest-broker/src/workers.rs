@@ -1,45 +1,81 @@
-//! The broker's view of its workers.
+//! The broker's view of its workers: pool workers waiting for a client and
+//! workers serving one.
 
-use std::collections::HashMap;
-use std::time::Instant;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::WaitStatus;
-use tracing::{info, warn};
+use nix::unistd::Pid;
+use tracing::{debug, info, warn};
 use vtest_control::{Channel, ClientInfo, ExitReason, SessionStats, WorkerMsg};
 
-/// One worker process and what it has told us.
-pub(crate) struct Worker {
-    pub(crate) channel: Option<Channel>,
-    pub(crate) client: ClientInfo,
-    started: Instant,
-    stats: SessionStats,
-    reason: Option<ExitReason>,
+use crate::status::ExitRecord;
+
+/// What a worker is doing.
+pub(crate) enum Role {
+    /// Started for a listener's pool; not yet ready, or ready and idle.
+    Pool { ready: bool },
+    /// Serving a client.
+    Serving { client: ClientInfo, since: Instant },
 }
 
-/// Every live worker, by pid.
+pub(crate) struct Worker {
+    pub(crate) listener: String,
+    pub(crate) channel: Option<Channel>,
+    pub(crate) role: Role,
+    pub(crate) stats: SessionStats,
+    reason: Option<ExitReason>,
+    /// Last time the GPU work made progress (or there was none pending).
+    progress_at: Instant,
+    killed_for_hang: bool,
+    pub(crate) cgroup: Option<std::path::PathBuf>,
+}
+
+/// How a worker ended, for counting.
+pub(crate) struct Ended {
+    pub(crate) listener: String,
+    pub(crate) became_ready: bool,
+    pub(crate) record: Option<ExitRecord>,
+    pub(crate) category: &'static str,
+    pub(crate) cgroup: Option<std::path::PathBuf>,
+    pub(crate) ended_at: Instant,
+}
+
 #[derive(Default)]
 pub(crate) struct Workers {
     by_pid: HashMap<u32, Worker>,
-    pub(crate) total_started: u64,
+    /// Pool workers that reported Ready, per listener, oldest first.
+    ready: HashMap<String, VecDeque<u32>>,
 }
 
 impl Workers {
-    pub(crate) fn insert(&mut self, pid: u32, channel: Channel, client: ClientInfo) {
-        self.total_started += 1;
+    pub(crate) fn insert(&mut self, pid: u32, listener: &str, channel: Channel, role: Role) {
         self.by_pid.insert(
             pid,
             Worker {
+                listener: listener.to_string(),
                 channel: Some(channel),
-                client,
-                started: Instant::now(),
+                role,
                 stats: SessionStats::default(),
                 reason: None,
+                progress_at: Instant::now(),
+                killed_for_hang: false,
+                cgroup: None,
             },
         );
     }
 
+    pub(crate) fn get_mut(&mut self, pid: u32) -> Option<&mut Worker> {
+        self.by_pid.get_mut(&pid)
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.by_pid.len()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &Worker)> {
+        self.by_pid.iter().map(|(p, w)| (*p, w))
     }
 
     pub(crate) fn pids(&self) -> Vec<u32> {
@@ -53,6 +89,56 @@ impl Workers {
             .filter_map(|(pid, w)| w.channel.as_ref().map(|c| (*pid, c)))
     }
 
+    /// Pool workers of `listener`: (ready, starting).
+    pub(crate) fn pool_counts(&self, listener: &str) -> (u32, u32) {
+        let mut ready = 0;
+        let mut starting = 0;
+        for w in self.by_pid.values().filter(|w| w.listener == listener) {
+            match w.role {
+                Role::Pool { ready: true } => ready += 1,
+                Role::Pool { ready: false } => starting += 1,
+                Role::Serving { .. } => {}
+            }
+        }
+        (ready, starting)
+    }
+
+    /// Serving workers of `listener`.
+    pub(crate) fn serving_count(&self, listener: &str) -> u32 {
+        self.by_pid
+            .values()
+            .filter(|w| w.listener == listener && matches!(w.role, Role::Serving { .. }))
+            .count() as u32
+    }
+
+    /// Clients being served, in all, and of `uid`.
+    pub(crate) fn serving_counts(&self, uid: u32) -> (u32, u32) {
+        let mut all = 0;
+        let mut of_uid = 0;
+        for w in self.by_pid.values() {
+            if let Role::Serving { client, .. } = &w.role {
+                all += 1;
+                if client.uid == uid {
+                    of_uid += 1;
+                }
+            }
+        }
+        (all, of_uid)
+    }
+
+    /// Takes the oldest ready pool worker of `listener`.
+    pub(crate) fn take_ready(&mut self, listener: &str) -> Option<u32> {
+        let queue = self.ready.get_mut(listener)?;
+        while let Some(pid) = queue.pop_front() {
+            if let Some(w) = self.by_pid.get(&pid) {
+                if w.channel.is_some() && matches!(w.role, Role::Pool { ready: true }) {
+                    return Some(pid);
+                }
+            }
+        }
+        None
+    }
+
     /// Reads every queued message from worker `pid`.
     pub(crate) fn drain(&mut self, pid: u32) {
         let Some(worker) = self.by_pid.get_mut(&pid) else {
@@ -60,101 +146,137 @@ impl Workers {
         };
         while let Some(channel) = worker.channel.as_ref() {
             match channel.try_recv::<WorkerMsg>() {
-                Ok(Some((msg, _fds))) => worker.record(pid, msg),
+                Ok(Some((msg, _fds))) => {
+                    if worker.record(pid, msg) {
+                        self.ready
+                            .entry(worker.listener.clone())
+                            .or_default()
+                            .push_back(pid);
+                    }
+                }
                 Ok(None) => break,
                 Err(vtest_control::ControlError::Disconnected) => worker.channel = None,
                 Err(e) => {
                     // A worker that speaks garbage is treated as compromised.
                     warn!(worker = pid, error = %e, "bad control message; killing worker");
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
                     worker.channel = None;
                 }
             }
         }
     }
 
+    /// Kills serving workers whose GPU work has not progressed for `timeout`.
+    pub(crate) fn watchdog(&mut self, timeout: Duration) {
+        for (pid, w) in self.by_pid.iter_mut() {
+            let Role::Serving { client, .. } = &w.role else {
+                continue;
+            };
+            if w.killed_for_hang || w.progress_at.elapsed() < timeout {
+                continue;
+            }
+            warn!(
+                worker = pid,
+                client = client.client_id,
+                peer_pid = client.pid,
+                uid = client.uid,
+                submitted = w.stats.fences_submitted,
+                completed = w.stats.fences_completed,
+                "GPU work made no progress for {} s; killing worker",
+                timeout.as_secs()
+            );
+            w.killed_for_hang = true;
+            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+        }
+    }
+
     /// A worker process ended: log why, with its client's identity.
-    pub(crate) fn reaped(&mut self, status: WaitStatus) {
-        let Some(pid) = status.pid() else { return };
+    pub(crate) fn reaped(&mut self, status: WaitStatus) -> Option<Ended> {
+        let pid = status.pid()?;
         let pid_u = pid.as_raw() as u32;
         self.drain(pid_u);
-        let Some(w) = self.by_pid.remove(&pid_u) else {
-            return;
-        };
-        let c = &w.client;
-        let secs = w.started.elapsed().as_secs_f64();
-        let s = &w.stats;
-        match (status, &w.reason) {
-            (WaitStatus::Exited(_, code), Some(reason)) => {
-                let fields = (c.client_id, c.pid, c.uid, c.gid);
-                match reason {
-                    ExitReason::ClientDisconnected | ExitReason::Shutdown => info!(
-                        worker = pid_u,
-                        client = fields.0,
-                        peer_pid = fields.1,
-                        uid = fields.2,
-                        gid = fields.3,
-                        code,
-                        secs,
-                        commands = s.commands,
-                        resources = s.resources_created,
-                        "worker finished: {reason}"
-                    ),
-                    _ => warn!(
-                        worker = pid_u,
-                        client = fields.0,
-                        peer_pid = fields.1,
-                        uid = fields.2,
-                        gid = fields.3,
-                        code,
-                        secs,
-                        commands = s.commands,
-                        "client ended: {reason}"
-                    ),
+        let w = self.by_pid.remove(&pid_u)?;
+        let (category, text) = w.ending(status);
+        let ended_at = Instant::now();
+        let became_ready = matches!(w.role, Role::Pool { ready: true });
+        let record = match &w.role {
+            Role::Pool { .. } => {
+                if category == "shutdown" || category == "clean" {
+                    debug!(worker = pid_u, listener = %w.listener, "pool worker ended: {text}");
+                } else {
+                    warn!(worker = pid_u, listener = %w.listener, "pool worker ended: {text}");
                 }
+                None
             }
-            (WaitStatus::Exited(_, code), None) => warn!(
-                worker = pid_u,
-                client = c.client_id,
-                peer_pid = c.pid,
-                uid = c.uid,
-                code,
-                "worker exited without reporting a reason"
-            ),
-            (WaitStatus::Signaled(_, signal, core), _) => warn!(
-                worker = pid_u, client = c.client_id, peer_pid = c.pid, uid = c.uid,
-                signal = %signal, core, secs, commands = s.commands,
-                "worker killed by {signal}"
-            ),
-            (other, _) => warn!(worker = pid_u, status = ?other, "worker ended"),
-        }
+            Role::Serving { client: c, since } => {
+                let s = &w.stats;
+                let secs = since.elapsed().as_secs_f64();
+                if category == "clean" || category == "shutdown" {
+                    info!(worker = pid_u, client = c.client_id, peer_pid = c.pid, uid = c.uid,
+                          gid = c.gid, listener = %c.listener, secs, commands = s.commands,
+                          resources = s.resources_created, "worker finished: {text}");
+                } else {
+                    warn!(worker = pid_u, client = c.client_id, peer_pid = c.pid, uid = c.uid,
+                          gid = c.gid, listener = %c.listener, secs, commands = s.commands,
+                          "client ended: {text}");
+                }
+                Some(ExitRecord {
+                    client_id: c.client_id,
+                    listener: c.listener.clone(),
+                    worker_pid: pid_u,
+                    peer_pid: c.pid,
+                    uid: c.uid,
+                    gid: c.gid,
+                    category: category.to_string(),
+                    reason: text,
+                    secs_ago: 0.0,
+                    stats: w.stats.clone(),
+                })
+            }
+        };
+        Some(Ended {
+            listener: w.listener,
+            became_ready,
+            record,
+            category,
+            cgroup: w.cgroup,
+            ended_at,
+        })
     }
 }
 
 impl Worker {
-    fn record(&mut self, pid: u32, msg: WorkerMsg) {
+    /// Records a message; true when a pool worker just became ready.
+    fn record(&mut self, pid: u32, msg: WorkerMsg) -> bool {
         match msg {
-            WorkerMsg::Ready { .. } => {}
-            WorkerMsg::Attached { client_id } => {
-                tracing::debug!(worker = pid, client = client_id, "worker attached");
+            WorkerMsg::Ready { .. } => {
+                if let Role::Pool { ready } = &mut self.role {
+                    if !*ready {
+                        *ready = true;
+                        return true;
+                    }
+                }
             }
-            WorkerMsg::Stats(stats) => self.stats = stats,
+            WorkerMsg::Attached { client_id } => {
+                debug!(worker = pid, client = client_id, "attached")
+            }
+            WorkerMsg::Stats(stats) => self.update(stats),
             WorkerMsg::Finished { stats, reason } => {
-                self.stats = stats;
+                self.update(stats);
                 self.reason = Some(reason);
             }
             WorkerMsg::SeccompViolation { syscall } => {
                 let name = vtest_sandbox::seccomp::syscall_name(syscall).unwrap_or("unknown");
-                let c = &self.client;
+                let (client_id, peer_pid, uid, gid) = match &self.role {
+                    Role::Serving { client: c, .. } => (c.client_id, c.pid, c.uid, c.gid),
+                    Role::Pool { .. } => (0, 0, 0, 0),
+                };
                 warn!(
                     worker = pid,
-                    client = c.client_id,
-                    peer_pid = c.pid,
-                    uid = c.uid,
-                    gid = c.gid,
+                    client = client_id,
+                    peer_pid,
+                    uid,
+                    gid,
                     syscall,
                     "seccomp violation: {name}"
                 );
@@ -163,5 +285,55 @@ impl Worker {
                 });
             }
         }
+        false
+    }
+
+    fn update(&mut self, stats: SessionStats) {
+        let progressed = stats.fences_completed != self.stats.fences_completed
+            || stats.fences_completed >= stats.fences_submitted;
+        if progressed {
+            self.progress_at = Instant::now();
+        }
+        self.stats = stats;
+    }
+
+    /// The category and text of how this worker ended.
+    fn ending(&self, status: WaitStatus) -> (&'static str, String) {
+        if self.killed_for_hang {
+            return ("hang", "killed by the hang watchdog".into());
+        }
+        let reported = matches!(&self.reason, Some(ExitReason::ProtocolError { reason })
+            if reason.starts_with("seccomp violation"));
+        let by_sigsys = matches!(status, WaitStatus::Signaled(_, Signal::SIGSYS, _));
+        if reported || by_sigsys {
+            let text = match &self.reason {
+                Some(r) => format!("{r}; worker killed by SIGSYS"),
+                None => "worker killed by SIGSYS".into(),
+            };
+            return ("seccomp_violation", text);
+        }
+        match (status, &self.reason) {
+            (WaitStatus::Exited(..), Some(reason)) => (category(reason), reason.to_string()),
+            (WaitStatus::Exited(_, code), None) => (
+                "unknown",
+                format!("worker exited with code {code} without a reason"),
+            ),
+            (WaitStatus::Signaled(_, signal, _), _) => {
+                ("signal", format!("worker killed by {signal}"))
+            }
+            (other, _) => ("unknown", format!("worker ended: {other:?}")),
+        }
+    }
+}
+
+fn category(reason: &ExitReason) -> &'static str {
+    match reason {
+        ExitReason::ClientDisconnected => "clean",
+        ExitReason::ProtocolError { .. } => "protocol_error",
+        ExitReason::RendererError { .. } => "renderer_error",
+        ExitReason::LimitExceeded { .. } => "limit_exceeded",
+        ExitReason::IoError { .. } => "io_error",
+        ExitReason::Shutdown => "shutdown",
+        ExitReason::InitFailed { .. } => "init_failed",
     }
 }

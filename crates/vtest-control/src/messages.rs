@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BrokerMsg {
     /// Carries exactly one fd: the accepted client socket.
-    Attach { client: ClientInfo },
+    Attach { client: ClientInfo, limits: Limits },
     /// Finish the current client (if any) and exit.
     Shutdown,
 }
@@ -24,6 +24,25 @@ pub struct ClientInfo {
     pub gid: u32,
     /// Name (or path) of the listener the client connected to.
     pub listener: String,
+}
+
+/// Per-client limits, enforced by the worker (the listener's profile).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Live resources at once.
+    pub max_resources: u32,
+    /// Shared memory of one resource, bytes.
+    pub max_resource_bytes: u64,
+    /// Shared memory of all live resources, bytes.
+    pub max_shm_bytes: u64,
+    /// One command's payload, bytes.
+    pub max_command_bytes: u32,
+    /// Live syncs.
+    pub max_syncs: u32,
+    /// Pending `SYNC_WAIT`s.
+    pub max_waits: u32,
+    /// Time without any request before the client is dropped (0: never), ms.
+    pub idle_timeout_ms: u64,
 }
 
 /// Worker -> broker.

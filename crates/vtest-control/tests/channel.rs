@@ -9,7 +9,7 @@ use std::thread;
 
 use rustix::io::{fcntl_getfd, FdFlags};
 use vtest_control::{
-    expect_one_fd, BrokerMsg, Channel, ClientInfo, ControlError, Envelope, ExitReason,
+    expect_one_fd, BrokerMsg, Channel, ClientInfo, ControlError, Envelope, ExitReason, Limits,
     SessionStats, WorkerMsg, MAX_FDS, MAX_MESSAGE, PROTOCOL_VERSION,
 };
 
@@ -22,6 +22,18 @@ fn client_info() -> ClientInfo {
         uid: 1000,
         gid: 100,
         listener: "/tmp/.virgl_test".into(),
+    }
+}
+
+fn limits() -> Limits {
+    Limits {
+        max_resources: 10,
+        max_resource_bytes: 1 << 20,
+        max_shm_bytes: 1 << 30,
+        max_command_bytes: 4096,
+        max_syncs: 3,
+        max_waits: 2,
+        idle_timeout_ms: 5000,
     }
 }
 
@@ -96,6 +108,7 @@ fn every_broker_msg_round_trips() {
         .send(
             &BrokerMsg::Attach {
                 client: client_info(),
+                limits: limits(),
             },
             &[client.as_fd()],
         )
@@ -104,7 +117,8 @@ fn every_broker_msg_round_trips() {
     assert_eq!(
         got,
         BrokerMsg::Attach {
-            client: client_info()
+            client: client_info(),
+            limits: limits(),
         }
     );
     assert_eq!(fds.len(), 1);
@@ -124,6 +138,7 @@ fn attached_client_fd_is_a_working_cloexec_socket() {
         .send(
             &BrokerMsg::Attach {
                 client: client_info(),
+                limits: limits(),
             },
             &[client.as_fd()],
         )

@@ -5,8 +5,8 @@ mod common;
 use proptest::prelude::*;
 use vtest_control::codec;
 use vtest_control::{
-    BrokerMsg, Channel, ClientInfo, ControlError, ExitReason, SessionStats, WorkerMsg, MAX_MESSAGE,
-    PROTOCOL_VERSION,
+    BrokerMsg, Channel, ClientInfo, ControlError, ExitReason, Limits, SessionStats, WorkerMsg,
+    MAX_MESSAGE, PROTOCOL_VERSION,
 };
 
 use common::raw_send;
@@ -69,7 +69,20 @@ fn broker_msg() -> impl Strategy<Value = BrokerMsg> {
             listener,
         });
     prop_oneof![
-        client.prop_map(|client| BrokerMsg::Attach { client }),
+        (client, any::<[u32; 4]>(), any::<[u64; 3]>()).prop_map(|(client, a, b)| {
+            BrokerMsg::Attach {
+                client,
+                limits: Limits {
+                    max_resources: a[0],
+                    max_command_bytes: a[1],
+                    max_syncs: a[2],
+                    max_waits: a[3],
+                    max_resource_bytes: b[0],
+                    max_shm_bytes: b[1],
+                    idle_timeout_ms: b[2],
+                },
+            }
+        }),
         Just(BrokerMsg::Shutdown),
     ]
 }

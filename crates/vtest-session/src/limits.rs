@@ -19,6 +19,8 @@ pub struct SessionLimits {
     pub max_waits: u32,
     /// Submits queued on context timelines and not yet retired.
     pub max_pending_fences: u32,
+    /// Time without any request before the client is dropped.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 impl Default for SessionLimits {
@@ -31,6 +33,7 @@ impl Default for SessionLimits {
             max_syncs: 4096,
             max_waits: 1024,
             max_pending_fences: 65_536,
+            idle_timeout: None,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Serving one client: the event loop around the dispatcher.
 
 use std::os::unix::net::UnixStream;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use vtest_control::SessionStats;
@@ -39,10 +39,53 @@ impl<B: Backend> Session<B> {
 
     /// Serves the client until it disconnects (`Ok`) or misbehaves (`Err`).
     pub fn run(&mut self) -> Result<(), SessionError> {
+        self.run_with_ticks(|_| {})
+    }
+
+    /// Like [`Session::run`], calling `tick` with the current counters about
+    /// once per [`TICK`] while the client is active (for the broker's status
+    /// and hang watchdog).
+    pub fn run_with_ticks(
+        &mut self,
+        mut tick: impl FnMut(SessionStats),
+    ) -> Result<(), SessionError> {
+        let idle = self.dispatcher.limits().idle_timeout;
+        let mut last_request = Instant::now();
+        let mut next_tick = Instant::now() + TICK;
+        let mut reported = self.stats();
         loop {
             self.dispatcher.flush()?;
-            let timeout = self.poll_timeout();
+            let now = Instant::now();
+            if now >= next_tick {
+                let stats = self.stats();
+                if stats != reported {
+                    tick(stats.clone());
+                    reported = stats;
+                }
+                next_tick = now + TICK;
+            }
+            if let Some(idle) = idle {
+                let quiet = now.saturating_duration_since(last_request);
+                if quiet >= idle {
+                    return Err(SessionError::LimitExceeded {
+                        limit: "idle_timeout_ms",
+                        value: quiet.as_millis() as u64,
+                        max: idle.as_millis() as u64,
+                    });
+                }
+            }
+            let mut deadline = next_tick;
+            if let Some(idle) = idle {
+                deadline = deadline.min(last_request + idle);
+            }
+            if let Some(wait) = self.dispatcher.next_deadline() {
+                deadline = deadline.min(wait);
+            }
+            let timeout = poll_timeout(deadline);
             let (client_ready, fence_ready) = self.wait_for_events(timeout)?;
+            if client_ready {
+                last_request = Instant::now();
+            }
             // Without a poll fd the backend retires fences synchronously.
             if fence_ready || self.dispatcher.fence_fd().is_none() {
                 self.dispatcher.retire_fences();
@@ -53,19 +96,6 @@ impl<B: Backend> Session<B> {
             }
             if self.dispatcher.fence_fd().is_none() {
                 self.dispatcher.retire_fences();
-            }
-        }
-    }
-
-    fn poll_timeout(&self) -> PollTimeout {
-        match self.dispatcher.next_deadline() {
-            None => PollTimeout::NONE,
-            Some(deadline) => {
-                let ms = deadline
-                    .saturating_duration_since(Instant::now())
-                    .as_millis()
-                    + 1;
-                PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
             }
         }
     }
@@ -112,6 +142,17 @@ impl<B: Backend> Session<B> {
             }
         }
     }
+}
+
+/// How often [`Session::run_with_ticks`] reports.
+pub const TICK: Duration = Duration::from_secs(1);
+
+fn poll_timeout(deadline: Instant) -> PollTimeout {
+    let ms = deadline
+        .saturating_duration_since(Instant::now())
+        .as_millis()
+        + 1;
+    PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
 }
 
 impl<B: Backend> Drop for Session<B> {

@@ -5,9 +5,6 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-/// The reference server's default socket.
-pub const DEFAULT_SOCKET: &str = "/tmp/.virgl_test";
-
 #[derive(Debug, Parser)]
 #[command(
     name = "vtestd",
@@ -23,9 +20,40 @@ pub struct Cli {
 pub enum Command {
     /// Listen for vtest clients and serve each from its own worker process.
     Serve(ServeArgs),
+    /// Check a configuration file and print the effective settings.
+    CheckConfig(ConfigArg),
+    /// Show listeners, worker pools, clients and exit counters of a running broker.
+    Status(StatusArgs),
+    /// Print a running broker's counters in Prometheus text format.
+    Metrics(AdminArg),
     /// Internal: serve one client handed over by the broker.
     #[command(hide = true)]
     Worker(RendererArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArg {
+    /// Configuration file [default: /etc/vtestd/vtestd.toml if it exists].
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AdminArg {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The broker's admin socket [default: from the configuration].
+    #[arg(long, value_name = "PATH")]
+    pub admin_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub admin: AdminArg,
+    /// Print JSON, for scripts.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Renderer backend choice, shared by `serve` and `worker`.
@@ -42,8 +70,8 @@ pub struct RendererArgs {
     pub rendernode: Option<PathBuf>,
     /// Confine workers (namespaces, Landlock, capabilities, seccomp).
     /// `off` is for debugging only and leaves every client unconfined.
-    #[arg(long, value_name = "on|off", default_value = "on")]
-    pub sandbox: Toggle,
+    #[arg(long, value_name = "on|off")]
+    pub sandbox: Option<Toggle>,
 }
 
 /// An on/off switch.
@@ -55,9 +83,12 @@ pub enum Toggle {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Socket to listen on.
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
-    pub socket_path: PathBuf,
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Socket to listen on (the configuration's first listener)
+    /// [default: /tmp/.virgl_test].
+    #[arg(long, value_name = "PATH")]
+    pub socket_path: Option<PathBuf>,
     #[command(flatten)]
     pub renderer: RendererArgs,
     /// Accepted for compatibility: every client always gets its own worker.
@@ -74,28 +105,15 @@ pub struct ServeArgs {
     /// the clients that use it).
     #[arg(long, value_name = "DIR")]
     pub shader_cache_dir: Option<PathBuf>,
+    /// Workers kept started and initialised for the first listener.
+    #[arg(long, value_name = "N")]
+    pub pool: Option<u32>,
+    /// The admin socket for `vtestd status`.
+    #[arg(long, value_name = "PATH")]
+    pub admin_socket: Option<PathBuf>,
 }
 
 impl RendererArgs {
-    /// The same choice as `worker` arguments.
-    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
-        let mut args = Vec::new();
-        if self.use_egl_surfaceless {
-            args.push("--use-egl-surfaceless".into());
-        }
-        if self.use_gles {
-            args.push("--use-gles".into());
-        }
-        if let Some(node) = &self.rendernode {
-            args.push("--rendernode".into());
-            args.push(node.clone().into_os_string());
-        }
-        if self.sandbox == Toggle::Off {
-            args.push("--sandbox=off".into());
-        }
-        args
-    }
-
     /// Surfaceless EGL unless a render node is named.
     pub fn options(&self) -> vtest_renderer::RendererOptions {
         vtest_renderer::RendererOptions {
@@ -103,6 +121,11 @@ impl RendererArgs {
             gles: self.use_gles,
             render_node: self.rendernode.clone(),
         }
+    }
+
+    /// Whether the worker sandbox is on (the default).
+    pub fn sandboxed(&self) -> bool {
+        self.sandbox != Some(Toggle::Off)
     }
 }
 
@@ -132,7 +155,7 @@ mod tests {
             let Command::Serve(s) = cli.command else {
                 panic!("not serve")
             };
-            assert_eq!(s.socket_path, PathBuf::from("/x"));
+            assert_eq!(s.socket_path, Some(PathBuf::from("/x")));
             assert_eq!(
                 s.renderer.rendernode,
                 Some(PathBuf::from("/dev/dri/renderD128"))
@@ -151,7 +174,7 @@ mod tests {
         let Command::Serve(s) = cli.command else {
             panic!("not serve")
         };
-        assert_eq!(s.socket_path, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(s.socket_path, None);
         assert!(s.renderer.use_gles && s.no_fork && s.multi_clients && s.no_loop_or_fork);
         assert!(Cli::try_parse_from(["vtestd", "serve", "--bogus"]).is_err());
     }

@@ -2,6 +2,7 @@
 //! from its own worker process.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod cli;
 mod logging;
 mod sandbox;
@@ -25,9 +26,23 @@ fn main() -> ExitCode {
                 }
             }
         }
+        cli::Command::CheckConfig(args) => report(admin::check_config(args)),
+        cli::Command::Status(args) => report(admin::status(args)),
+        cli::Command::Metrics(args) => report(admin::metrics(args)),
         cli::Command::Worker(args) => {
             logging::init("vtestd-worker");
             worker::run(args)
+        }
+    }
+}
+
+/// Prints an admin command's error chain.
+fn report(result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vtestd: {}", logging::chain(e.as_ref()));
+            ExitCode::FAILURE
         }
     }
 }

@@ -6,12 +6,12 @@ use tracing::{info, warn};
 use vtest_control::Channel;
 use vtest_sandbox::{Outcome, Profile, SandboxConfig};
 
-use crate::cli::{RendererArgs, Toggle};
+use crate::cli::RendererArgs;
 
 /// Confines this worker before the renderer starts. Returns the seccomp
 /// profile to tighten to once it has, or `None` with `--sandbox=off`.
 pub fn confine(args: &RendererArgs, channel: &Channel) -> Result<Option<Profile>, String> {
-    if args.sandbox == Toggle::Off {
+    if !args.sandboxed() {
         // Fault signals still kill the worker, and it never dumps core.
         vtest_sandbox::signals::die_on_fault_signals().map_err(|e| e.to_string())?;
         vtest_sandbox::rlimits::no_core_dumps().map_err(|e| e.to_string())?;

@@ -1,9 +1,48 @@
 //! `vtestd serve`: the broker.
 
 use tracing::warn;
-use vtest_broker::{Broker, BrokerConfig, WorkerCommand};
+use vtest_broker::config::{Backend, Config};
+use vtest_broker::{Broker, BrokerConfig};
 
 use crate::cli::ServeArgs;
+
+/// Command-line flags over the configuration's first listener (the one the
+/// reference server's flags describe).
+fn overrides(args: &ServeArgs) -> impl Fn(&mut Config) {
+    let socket_path = args.socket_path.clone();
+    let renderer = args.renderer.clone();
+    let cache = args.shader_cache_dir.clone();
+    let pool = args.pool;
+    let admin = args.admin_socket.clone();
+    move |config: &mut Config| {
+        if let Some(a) = &admin {
+            config.server.admin_socket = a.clone();
+        }
+        let Some(l) = config.listeners.first_mut() else {
+            return;
+        };
+        if let Some(p) = &socket_path {
+            l.path = p.clone();
+        }
+        if let Some(node) = &renderer.rendernode {
+            l.backend = Backend::RenderNode;
+            l.render_node = Some(node.clone());
+        } else if renderer.use_gles {
+            l.backend = Backend::Gles;
+        } else if renderer.use_egl_surfaceless {
+            l.backend = Backend::Surfaceless;
+        }
+        if renderer.sandbox.is_some() {
+            l.sandbox = renderer.sandboxed();
+        }
+        if let Some(dir) = &cache {
+            l.shader_cache_dir = Some(dir.clone());
+        }
+        if let Some(n) = pool {
+            l.pool = n;
+        }
+    }
+}
 
 pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     for (set, flag) in [
@@ -14,25 +53,24 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             warn!("{flag} accepted for compatibility: every client always gets its own worker");
         }
     }
-    if args.renderer.sandbox == crate::cli::Toggle::Off {
-        warn!("--sandbox=off: workers run UNCONFINED; for debugging only, never with untrusted clients");
-    }
     if args.no_loop_or_fork {
         warn!("--no-loop-or-fork: serving one client in its own worker, then exiting");
     }
-    let program = std::env::current_exe()?;
-    let mut worker_args = vec!["worker".into()];
-    worker_args.extend(args.renderer.to_args());
-    let config = BrokerConfig {
-        socket_path: args.socket_path,
-        listener_name: "default".into(),
-        worker: WorkerCommand {
-            program,
-            args: worker_args,
-            shader_cache_dir: args.shader_cache_dir,
-        },
+    let config = Config::load_or_default(args.config.config.as_deref())?;
+    let overrides = overrides(&args);
+    let mut effective = config.clone();
+    overrides(&mut effective);
+    for l in effective.listeners.iter().filter(|l| !l.sandbox) {
+        warn!(listener = %l.name,
+              "sandbox off: workers run UNCONFINED; for debugging only, never with untrusted clients");
+    }
+    let settings = BrokerConfig {
+        config,
+        config_path: args.config.config.clone(),
+        overrides: Box::new(overrides),
+        program: std::env::current_exe()?,
         max_clients: args.no_loop_or_fork.then_some(1),
     };
-    Broker::new(config)?.run()?;
+    Broker::new(settings)?.run()?;
     Ok(())
 }

@@ -5,9 +5,10 @@
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use tracing::{info, warn};
-use vtest_control::{expect_one_fd, BrokerMsg, Channel, ExitReason, WorkerMsg};
+use vtest_control::{expect_one_fd, BrokerMsg, Channel, ExitReason, Limits, WorkerMsg};
 use vtest_renderer::Renderer;
 use vtest_session::{Session, SessionError, SessionLimits, VirglBackend};
 
@@ -85,9 +86,9 @@ pub fn run(args: RendererArgs) -> ExitCode {
         },
         &[],
     );
-    let (client, stream) = match channel.recv::<BrokerMsg>() {
-        Ok((BrokerMsg::Attach { client }, fds)) => match expect_one_fd(fds) {
-            Ok(fd) => (client, UnixStream::from(fd)),
+    let (client, limits, stream) = match channel.recv::<BrokerMsg>() {
+        Ok((BrokerMsg::Attach { client, limits }, fds)) => match expect_one_fd(fds) {
+            Ok(fd) => (client, limits, UnixStream::from(fd)),
             Err(e) => {
                 warn!(error = %e, "attach without a client fd");
                 return Exit::ControlFailed.into();
@@ -108,14 +109,16 @@ pub fn run(args: RendererArgs) -> ExitCode {
     #[cfg(debug_assertions)]
     test_hooks::forbidden_syscall();
     let backend = VirglBackend::new(renderer);
-    let mut session = match Session::new(backend, stream, SessionLimits::default()) {
+    let mut session = match Session::new(backend, stream, session_limits(&limits)) {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %e, "client socket");
             return Exit::ClientError.into();
         }
     };
-    let result = session.run();
+    let result = session.run_with_ticks(|stats| {
+        let _ = channel.send(&WorkerMsg::Stats(stats), &[]);
+    });
     let stats = session.stats();
     let name = session.client_name();
     let (reason, exit) = match &result {
@@ -141,6 +144,25 @@ pub fn run(args: RendererArgs) -> ExitCode {
     drop(session);
     let _ = channel.send(&WorkerMsg::Finished { stats, reason }, &[]);
     exit.into()
+}
+
+/// The listener's limits as the session enforces them.
+fn session_limits(l: &Limits) -> SessionLimits {
+    let defaults = SessionLimits::default();
+    SessionLimits {
+        protocol: vtest_protocol::Limits {
+            max_command_bytes: l.max_command_bytes,
+            max_transfer_bytes: l.max_command_bytes,
+            ..defaults.protocol
+        },
+        max_resources: l.max_resources,
+        max_resource_bytes: l.max_resource_bytes,
+        max_shm_bytes: l.max_shm_bytes,
+        max_syncs: l.max_syncs,
+        max_waits: l.max_waits,
+        idle_timeout: (l.idle_timeout_ms > 0).then(|| Duration::from_millis(l.idle_timeout_ms)),
+        ..defaults
+    }
 }
 
 fn exit_reason(e: &SessionError, reason: String) -> ExitReason {
