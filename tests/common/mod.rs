@@ -5,4 +5,5 @@
 pub mod mesa;
 pub mod procs;
 pub mod server;
+pub mod tenant;
 pub mod xvfb;

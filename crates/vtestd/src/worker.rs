@@ -117,6 +117,8 @@ pub fn run(args: RendererArgs) -> ExitCode {
         }
     };
     let result = session.run_with_ticks(|stats| {
+        #[cfg(debug_assertions)]
+        let stats = test_hooks::fake_hang(stats);
         let _ = channel.send(&WorkerMsg::Stats(stats), &[]);
     });
     let stats = session.stats();
@@ -185,6 +187,15 @@ fn exit_reason(e: &SessionError, reason: String) -> ExitReason {
 /// and so every package, have no such code.
 #[cfg(debug_assertions)]
 mod test_hooks {
+    /// `VTESTD_TEST_FAKE_HANG=1`: report a fence that never completes, to
+    /// exercise the broker's hang watchdog.
+    pub fn fake_hang(mut stats: vtest_control::SessionStats) -> vtest_control::SessionStats {
+        if std::env::var_os("VTESTD_TEST_FAKE_HANG").is_some() {
+            stats.fences_submitted = stats.fences_completed + 1;
+        }
+        stats
+    }
+
     pub fn forbidden_syscall() {
         if std::env::var("VTESTD_TEST_FORBIDDEN_SYSCALL").as_deref() == Ok("socket") {
             use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};

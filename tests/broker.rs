@@ -1,0 +1,355 @@
+//! The broker as a multi-tenant service: per-client limits (each ends only
+//! the offending client), peer checks, caps, pre-started pools, silent
+//! connections that cost no worker, the hang watchdog, status, reload.
+
+mod common;
+
+use std::fs;
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::procs::{children, eventually, wait_for_children};
+use common::server::Server;
+use common::tenant::Tenant;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use vtest_client::{virgl, Client, ResourceArgs};
+
+/// A config with a `[limits.default]` of `limits` (TOML lines).
+fn with_limits(limits: &str) -> String {
+    format!("[limits.default]\n{limits}\n")
+}
+
+fn limit_ends_only_the_offender(limits: &str, name: &str, offend: impl FnOnce(&mut Client)) {
+    let server = Server::start_with_config(&with_limits(limits), &[]);
+    let mut good = Tenant::connect(&server, "good");
+    let mut bad = Client::connect(server.socket_path()).unwrap();
+    bad.handshake("bad", 3).unwrap();
+    offend(&mut bad);
+    bad.expect_disconnect(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{name}: offender not disconnected: {e}"));
+    good.round_trip(7);
+    let log = server.log_text();
+    assert!(
+        eventually(5, || server
+            .log_text()
+            .contains(&format!("limit {name} exceeded"))),
+        "{name} not logged:\n{log}"
+    );
+    good.round_trip(8);
+}
+
+#[test]
+fn live_resources_limit() {
+    limit_ends_only_the_offender("max_resources = 4", "max_resources", |c| {
+        for _ in 0..5 {
+            let _ = c.resource_create(&ResourceArgs::buffer(64));
+        }
+    });
+}
+
+#[test]
+fn single_resource_size_limit() {
+    limit_ends_only_the_offender("max_resource_mib = 1", "max_resource_bytes", |c| {
+        let _ = c.resource_create2(&ResourceArgs::buffer(4 << 20), 2 << 20);
+    });
+}
+
+#[test]
+fn total_shared_memory_limit() {
+    limit_ends_only_the_offender("max_shm_mib = 2", "max_shm_bytes", |c| {
+        for _ in 0..3 {
+            let _ = c.resource_create2(&ResourceArgs::buffer(1 << 20), 1 << 20);
+        }
+    });
+}
+
+#[test]
+fn largest_command_limit() {
+    let server = Server::start_with_config(&with_limits("max_command_mib = 1"), &[]);
+    let mut good = Tenant::connect(&server, "good");
+    let mut bad = Client::connect(server.socket_path()).unwrap();
+    bad.handshake("bad", 2).unwrap();
+    // A header announcing 2 MiB is refused before the payload is buffered.
+    let _ = bad.send_raw(&vtest_client::wire::message_with_len(512 << 10, 6, &[]));
+    bad.expect_disconnect(Duration::from_secs(10)).unwrap();
+    good.round_trip(1);
+    // Just under the limit is served.
+    let mut ok = Client::connect(server.socket_path()).unwrap();
+    ok.handshake("ok", 2).unwrap();
+    let mut stream = Vec::new();
+    while stream.len() < 200_000 {
+        stream.extend(virgl::nop(&[0; 255]));
+    }
+    ok.submit_cmd(&stream).unwrap();
+    assert!(!ok.busy_wait(0, true).unwrap());
+    assert!(
+        server.log_text().contains("exceeds the limit"),
+        "{}",
+        server.log_text()
+    );
+}
+
+#[test]
+fn syncs_limit() {
+    limit_ends_only_the_offender("max_syncs = 2", "max_syncs", |c| {
+        for _ in 0..3 {
+            let _ = c.sync_create(0);
+        }
+    });
+}
+
+#[test]
+fn pending_waits_limit() {
+    limit_ends_only_the_offender("max_waits = 1", "max_waits", |c| {
+        let id = c.sync_create(0).unwrap();
+        let _first = c.sync_wait(0, u32::MAX, &[(id, 1)]).unwrap();
+        let _ = c.sync_wait(0, u32::MAX, &[(id, 1)]);
+    });
+}
+
+#[test]
+fn idle_time_limit() {
+    let server = Server::start_with_config(&with_limits("idle_timeout_secs = 1"), &[]);
+    let mut good = Tenant::connect(&server, "good");
+    let mut idle = Client::connect(server.socket_path()).unwrap();
+    idle.handshake("idle", 2).unwrap();
+    // The good client keeps talking; the idle one says nothing.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1800) {
+        good.client.ping().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    idle.expect_disconnect(Duration::from_secs(5)).unwrap();
+    good.round_trip(5);
+    assert!(eventually(5, || server
+        .log_text()
+        .contains("limit idle_timeout_ms exceeded")));
+}
+
+#[test]
+fn peers_outside_the_allowed_uids_are_refused() {
+    let config = "[[listener]]\nname = \"default\"\nmode = \"0666\"\nallowed_uids = [0]\n";
+    let server = Server::start_with_config(config, &[]);
+    // An allowed peer (root, this test) is served.
+    let mut t = Tenant::connect(&server, "root");
+    t.round_trip(1);
+    // uid 65534 may reach the socket (mode 0666) but is not allowed.
+    let probe = format!(
+        "import socket,struct,sys\n\
+         s=socket.socket(socket.AF_UNIX); s.connect('{}'); s.settimeout(10)\n\
+         try:\n s.sendall(struct.pack('<II',0,10)); closed = s.recv(8)==b''\n\
+         except (BrokenPipeError, ConnectionResetError): closed = True\n\
+         sys.exit(0 if closed else 1)",
+        server.socket_path().display()
+    );
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+        ])
+        .arg(&probe)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "refused peer must see the connection closed: {out:?}"
+    );
+    assert!(eventually(5, || server
+        .log_text()
+        .contains("peer not allowed")));
+    assert!(server.log_text().contains("uid=65534"));
+    t.round_trip(2);
+}
+
+#[test]
+fn global_and_per_uid_caps() {
+    let config = "[server]\nmax_clients = 2\nmax_clients_per_uid = 2\n";
+    let server = Server::start_with_config(config, &[]);
+    let mut a = Tenant::connect(&server, "a");
+    let _b = Tenant::connect(&server, "b");
+    let mut c = Client::connect(server.socket_path()).unwrap();
+    let _ = c.send_raw(&vtest_client::wire::create_renderer("c"));
+    c.expect_disconnect(Duration::from_secs(5)).unwrap();
+    assert!(eventually(5, || server
+        .log_text()
+        .contains("max_clients reached")));
+    a.round_trip(3);
+    let config = "[server]\nmax_clients_per_uid = 1\n";
+    let server = Server::start_with_config(config, &[]);
+    let _a = Tenant::connect(&server, "a");
+    let mut b = Client::connect(server.socket_path()).unwrap();
+    let _ = b.send_raw(&vtest_client::wire::create_renderer("b"));
+    b.expect_disconnect(Duration::from_secs(5)).unwrap();
+    assert!(eventually(5, || server
+        .log_text()
+        .contains("max_clients_per_uid reached")));
+}
+
+#[test]
+fn pool_serves_at_once_and_silent_connections_cost_no_worker() {
+    let server = Server::start_with(common::server::ServerKind::Vtestd, &["--pool=2"]);
+    let broker = server.pid();
+    assert_eq!(
+        wait_for_children(broker, 2).len(),
+        2,
+        "two pre-started workers"
+    );
+    let status = server.status();
+    assert!(
+        eventually(10, || server.status()["listeners"][0]["pool_ready"] == 2),
+        "{status}"
+    );
+    // Silent connections: no worker, but visible as waiting.
+    let silent: Vec<UnixStream> = (0..8)
+        .map(|_| UnixStream::connect(server.socket_path()).unwrap())
+        .collect();
+    assert!(eventually(5, || server.status()["listeners"][0]["waiting"] == 8));
+    assert_eq!(children(broker).len(), 2, "silent clients cost no worker");
+    // A real client gets a pre-started worker, which is replaced.
+    let before = Instant::now();
+    let mut t = Tenant::connect(&server, "pooled");
+    let took = before.elapsed();
+    t.round_trip(4);
+    assert!(
+        eventually(10, || children(broker).len() == 3),
+        "pool refilled"
+    );
+    assert!(server.log_text().contains("pooled=true"));
+    println!("first round trip through a pooled worker: {took:?}");
+    drop(silent);
+    assert!(eventually(5, || server.status()["listeners"][0]["waiting"] == 0));
+    assert!(
+        server.status()["counters"]["closed_before_first_byte"]
+            .as_u64()
+            .unwrap()
+            >= 8
+    );
+}
+
+#[test]
+fn status_reflects_a_client_and_then_its_exit_reason() {
+    let server = Server::start(common::server::ServerKind::Vtestd);
+    let mut c = Client::connect(server.socket_path()).unwrap();
+    c.handshake("observed", 2).unwrap();
+    for h in 1..=3 {
+        let (_, fd) = c
+            .resource_create2(&ResourceArgs::buffer(4096).with_handle(h), 4096)
+            .unwrap();
+        drop(fd);
+    }
+    c.ping().unwrap();
+    let shows_resources = || {
+        let s = server.status();
+        let client = &s["clients"][0];
+        client["state"] == "serving"
+            && client["stats"]["live_resources"] == 3
+            && client["stats"]["shm_bytes"] == 3 * 4096
+            && client["worker_pid"].as_u64().is_some()
+            && client["uid"] == 0
+    };
+    assert!(eventually(10, shows_resources), "{}", server.status());
+    // A bad request ends it; status tells why.
+    c.send_raw(&vtest_client::wire::message(99, &[])).unwrap();
+    c.expect_disconnect(Duration::from_secs(5)).unwrap();
+    let ended = || {
+        let s = server.status();
+        s["clients"].as_array().is_some_and(|a| a.is_empty())
+            && s["recent_exits"][0]["category"] == "protocol_error"
+            && s["recent_exits"][0]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("unknown command id 99"))
+    };
+    assert!(eventually(10, ended), "{}", server.status());
+    let metrics = Command::new(common::server::vtestd_bin())
+        .args(["metrics", "--admin-socket"])
+        .arg(server.dir().join("admin.sock"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        text.contains("vtestd_worker_exits_total{reason=\"protocol_error\"} 1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_hang_watchdog_kills_a_worker_without_progress() {
+    let config = "[server]\nhang_timeout_secs = 2\n";
+    let path = common::server::unique_dir("hang").join("vtestd.toml");
+    fs::write(&path, config).unwrap();
+    let server = Server::start_with_env(
+        common::server::ServerKind::Vtestd,
+        &[&format!("--config={}", path.display())],
+        &[("VTESTD_TEST_FAKE_HANG", "1")],
+    );
+    let mut c = Client::connect(server.socket_path()).unwrap();
+    c.handshake("stuck", 2).unwrap();
+    c.submit_cmd(&[]).unwrap();
+    c.expect_disconnect(Duration::from_secs(15))
+        .expect("killed by the watchdog");
+    assert!(eventually(5, || server
+        .log_text()
+        .contains("made no progress")));
+    assert!(eventually(5, || server.status()["recent_exits"][0]
+        ["category"]
+        == "hang"));
+}
+
+#[test]
+fn sighup_reloads_limits_for_new_connections() {
+    let path = common::server::unique_dir("reload").join("vtestd.toml");
+    fs::write(&path, with_limits("max_resources = 100")).unwrap();
+    let server = Server::start_with(
+        common::server::ServerKind::Vtestd,
+        &[&format!("--config={}", path.display())],
+    );
+    let mut before = Client::connect(server.socket_path()).unwrap();
+    before.handshake("before", 2).unwrap();
+    fs::write(&path, with_limits("max_resources = 2")).unwrap();
+    kill(Pid::from_raw(server.pid() as i32), Signal::SIGHUP).unwrap();
+    assert!(eventually(5, || server
+        .log_text()
+        .contains("configuration reloaded")));
+    let mut after = Client::connect(server.socket_path()).unwrap();
+    after.handshake("after", 2).unwrap();
+    for h in 1..=3 {
+        let _ = after.resource_create(&ResourceArgs::buffer(64).with_handle(h));
+    }
+    after.expect_disconnect(Duration::from_secs(5)).unwrap();
+    // The earlier client keeps the limits it was accepted with.
+    for h in 1..=3 {
+        before
+            .resource_create(&ResourceArgs::buffer(64).with_handle(h))
+            .unwrap();
+    }
+    before.ping().unwrap();
+}
+
+#[test]
+fn check_config_validates_and_prints() {
+    let dir = common::server::unique_dir("check");
+    let good = dir.join("good.toml");
+    fs::write(&good, "[server]\nmax_clients = 3\n").unwrap();
+    let out = Command::new(common::server::vtestd_bin())
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("max_clients = 3"));
+    let bad = dir.join("bad.toml");
+    fs::write(&bad, "[server]\nmax_clients = 3\nsurprise = true\n").unwrap();
+    let out = Command::new(common::server::vtestd_bin())
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("surprise"));
+    let _ = fs::remove_dir_all(dir);
+}
