@@ -317,6 +317,94 @@ def bench_latency(servers, clients, warmup, gap):
     return lat, errors
 
 
+def tree_pids(root):
+    """`root` and all its descendants."""
+    parent = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                stat = f.read()
+            parent[int(d)] = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(c for c, pp in parent.items() if pp == p)
+    return out
+
+
+def tree_pss_kib(root):
+    """Proportional set size of a process tree (KiB)."""
+    total = 0
+    for pid in tree_pids(root):
+        try:
+            with open("/proc/%d/smaps_rollup" % pid) as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def active_client(path):
+    """A client that created a context and a resource and finished its work."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(30)
+    s.connect(path)
+    name = b"bench\0"
+    create = struct.pack("<12I", 10, 2, 1, 2, 1, 0x8a, 64, 64, 1, 1, 0, 0)
+    s.sendall(struct.pack("<II", len(name), CREATE_RENDERER) + name
+              + struct.pack("<II", 0, PING_PROTOCOL_VERSION)
+              + create + struct.pack("<II", 0, 6)          # RESOURCE_CREATE, empty SUBMIT_CMD
+              + struct.pack("<4I", 2, 7, 0, 1))            # BUSY_WAIT(0, WAIT)
+    want = 8 + 12
+    buf = b""
+    while len(buf) < want:
+        chunk = s.recv(want - len(buf))
+        if not chunk:
+            raise RuntimeError("active client: connection closed")
+        buf += chunk
+    return s
+
+
+def bench_memory(servers, silent, active, settle):
+    """PSS of each server's process tree: idle, with `silent` connections that
+    never send, and with `active` clients holding a context and a resource."""
+    results = {}
+    for server in servers:
+        server.ensure_alive()
+        r = {}
+        time.sleep(settle)
+        base = tree_pss_kib(server.proc.pid)
+        r["idle_kib"] = base
+        conns = []
+        for _ in range(silent):
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.connect(server.socket)
+            conns.append(c)
+        time.sleep(settle)
+        r["silent_kib"] = tree_pss_kib(server.proc.pid) - base
+        r["fresh_client_s"] = ping_once(server.socket)
+        for c in conns:
+            c.close()
+        time.sleep(settle)
+        clients = [active_client(server.socket) for _ in range(active)]
+        time.sleep(settle)
+        r["active_total_kib"] = tree_pss_kib(server.proc.pid)
+        r["active_per_client_kib"] = r["active_total_kib"] / max(active, 1)
+        for c in clients:
+            c.close()
+        time.sleep(settle)
+        results[server.label] = r
+        log("memory: %s done" % server.label)
+    return results
+
+
 def ratio(a, b):
     if a is None or b is None or b == 0 or (isinstance(a, float) and math.isnan(a)):
         return None
@@ -362,6 +450,11 @@ def main():
                     "each a fresh directory, so both start cold")
     ap.add_argument("--skip-glmark2", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--silent-connections", type=int, default=32,
+                    help="connections that never send, for the memory figure (default %(default)s)")
+    ap.add_argument("--active-clients", type=int, default=64,
+                    help="clients holding a context and a resource (default %(default)s)")
     ap.add_argument("--json", metavar="FILE", help="also write all results as JSON")
     ap.add_argument("--keep-logs", metavar="DIR", help="copy both server logs into DIR")
     args = ap.parse_args()
@@ -416,6 +509,13 @@ def main():
                                       args.latency_gap_ms / 1000.0)
             errors += errs
             results["latency"] = {"clients": args.latency_clients, "seconds": lat}
+        if not args.skip_memory:
+            results["memory"] = {
+                "silent": args.silent_connections,
+                "active": args.active_clients,
+                "servers": bench_memory(servers, args.silent_connections,
+                                        args.active_clients, settle=2.0),
+            }
         results["server_restarts"] = {s.label: s.restarts for s in servers}
         results["loadavg_end"] = os.getloadavg()
     finally:
@@ -476,6 +576,26 @@ def report(results, errors):
         out.append("  (+-%: coefficient of variation over rounds; runs alternate between the servers)")
         g["summary"] = {"scenes": summary, "score": {"vtestd": sv, "reference": sr, "ratio": ratio(sv, sr)},
                         "geomean_ratio": gm}
+    if "memory" in results:
+        m = results["memory"]
+        v, r = m["servers"].get("vtestd"), m["servers"].get("reference")
+        if v and r:
+            mib = lambda k: k / 1024.0
+            out.append("")
+            out.append("memory (PSS of the server's process tree), MiB")
+            out.append("  %-40s %10s %10s %8s" % ("", "vtestd", "reference", "ratio"))
+            out.append("  %-40s %10.1f %10.1f %8s" % ("idle", mib(v["idle_kib"]), mib(r["idle_kib"]),
+                       fmt(ratio(v["idle_kib"], r["idle_kib"]), "%.3f")))
+            out.append("  %-40s %10.1f %10.1f %8s" % (
+                "added by %d silent connections" % m["silent"], mib(v["silent_kib"]),
+                mib(r["silent_kib"]), fmt(ratio(v["silent_kib"], r["silent_kib"]), "%.3f")))
+            out.append("  %-40s %10.1f %10.1f %8s" % (
+                "fresh client meanwhile (ms, connect->reply)", v["fresh_client_s"] * 1000,
+                r["fresh_client_s"] * 1000, fmt(ratio(v["fresh_client_s"], r["fresh_client_s"]), "%.3f")))
+            out.append("  %-40s %10.1f %10.1f %8s" % (
+                "per active client, %d clients" % m["active"], mib(v["active_per_client_kib"]),
+                mib(r["active_per_client_kib"]),
+                fmt(ratio(v["active_per_client_kib"], r["active_per_client_kib"]), "%.3f")))
     if "latency" in results:
         lat = results["latency"]
         out.append("")

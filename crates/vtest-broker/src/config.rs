@@ -155,7 +155,7 @@ impl Default for ListenerConfig {
             limits: "default".into(),
             backend: Backend::Surfaceless,
             render_node: None,
-            pool: 1,
+            pool: 2,
             shader_cache_dir: None,
             sandbox: true,
         }
