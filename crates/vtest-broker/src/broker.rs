@@ -20,6 +20,7 @@ use vtest_control::{BrokerMsg, Channel, ClientInfo};
 use crate::cgroup::{self, Cgroups};
 use crate::config::{parse_mode, Backend, Config, ListenerConfig};
 use crate::listener::{resolve_gid, Listener, SocketPerms};
+use crate::notify::Notifier;
 use crate::status::{ClientStatus, Counters, ExitRecord, ListenerStatus, Status};
 use crate::workers::{Role, Workers};
 use crate::{admin, BrokerError, WorkerCommand};
@@ -84,6 +85,11 @@ pub struct Broker {
     recent: VecDeque<(Instant, ExitRecord)>,
     started: Instant,
     cgroups: Option<Cgroups>,
+    /// Sockets passed by systemd and not yet matched to a listener.
+    activated: Vec<(Listener, Option<String>)>,
+    notifier: Option<Notifier>,
+    /// Serving clients as last told to systemd.
+    reported_clients: Option<u32>,
     /// Set by SIGTERM: when serving workers are told to stop.
     stopping: Option<Instant>,
     terminated_at: Option<Instant>,
@@ -143,11 +149,29 @@ impl Broker {
             recent: VecDeque::new(),
             started: Instant::now(),
             cgroups: None,
+            activated: Vec::new(),
+            notifier: Notifier::from_env(),
+            reported_clients: None,
             stopping: None,
             terminated_at: None,
             settings,
         };
+        for (fd, name) in vtest_sandbox::inherited::listen_fds() {
+            match Listener::adopt(fd) {
+                Ok(l) => {
+                    info!(socket = %l.path().display(), name = name.as_deref().unwrap_or("-"),
+                          "socket passed by systemd");
+                    broker.activated.push((l, name));
+                }
+                Err(e) => {
+                    warn!(error = %e, "ignoring a passed fd that is not a listening unix socket")
+                }
+            }
+        }
         broker.apply_listeners()?;
+        for (l, _) in broker.activated.drain(..) {
+            warn!(socket = %l.path().display(), "passed socket matches no listener; closing it");
+        }
         broker.bind_admin(&server.admin_socket, server.admin_group.as_deref());
         if server.cgroups {
             match Cgroups::detect(server.worker_memory_mib << 20, server.worker_pids) {
@@ -195,19 +219,21 @@ impl Broker {
                 existing.limits = limits;
                 continue;
             }
-            let perms = SocketPerms {
-                mode: lc
-                    .mode
-                    .as_deref()
-                    .map(parse_mode)
-                    .transpose()
-                    .ok()
-                    .flatten(),
-                owner: lc.owner.clone(),
-                group: lc.group.clone(),
+            let passed = self.activated.iter().position(|(l, name)| {
+                name.as_deref() == Some(lc.name.as_str()) || l.path() == lc.path
+            });
+            let socket = match passed {
+                Some(i) => self.activated.swap_remove(i).0,
+                None => {
+                    let perms = SocketPerms {
+                        mode: lc.mode.as_deref().and_then(|m| parse_mode(m).ok()),
+                        owner: lc.owner.clone(),
+                        group: lc.group.clone(),
+                    };
+                    Listener::bind(&lc.path, &perms)?
+                }
             };
-            let socket = Listener::bind(&lc.path, &perms)?;
-            info!(listener = %lc.name, socket = %lc.path.display(), backend = ?lc.backend,
+            info!(listener = %lc.name, socket = %socket.path().display(), backend = ?lc.backend,
                   pool = lc.pool, sandbox = lc.sandbox, "listening");
             if lc.shader_cache_dir.is_some() && lc.pool > 0 {
                 info!(listener = %lc.name,
@@ -254,6 +280,10 @@ impl Broker {
     /// lets clients finish for the grace period, ends every worker and
     /// removes the sockets.
     pub fn run(mut self) -> Result<(), BrokerError> {
+        if let Some(n) = &self.notifier {
+            n.send("READY=1\nSTATUS=serving 0 clients");
+            self.reported_clients = Some(0);
+        }
         loop {
             self.replenish_pools();
             for event in self.wait()? {
@@ -266,10 +296,22 @@ impl Broker {
                 }
             }
             self.periodic();
+            self.notify_status();
             if self.finished() {
                 info!("stopped");
                 return Ok(());
             }
+        }
+    }
+
+    /// Tells systemd the client count when it changes, and pings its watchdog.
+    fn notify_status(&mut self) {
+        let Some(n) = &mut self.notifier else { return };
+        n.ping_if_due();
+        let serving = self.workers.serving_counts(u32::MAX).0;
+        if self.reported_clients != Some(serving) {
+            n.send(&format!("STATUS=serving {serving} clients"));
+            self.reported_clients = Some(serving);
         }
     }
 
@@ -299,11 +341,20 @@ impl Broker {
             fds.push(PollFd::new(w.stream.as_fd(), PollFlags::POLLIN));
             events.push(Event::Waiting(i));
         }
-        let timers = self.workers.len() > 0
+        let timers = self
+            .notifier
+            .as_ref()
+            .is_some_and(|n| n.interval().is_some())
+            || self.workers.len() > 0
             || !self.waiting.is_empty()
             || self.listeners.iter().any(|l| l.backoff_until.is_some());
+        let tick = self
+            .notifier
+            .as_ref()
+            .and_then(Notifier::interval)
+            .map_or(1000, |i| i.as_millis().clamp(50, 1000) as u16);
         let timeout = if timers {
-            PollTimeout::from(1000u16)
+            PollTimeout::from(tick)
         } else {
             PollTimeout::NONE
         };
@@ -364,6 +415,9 @@ impl Broker {
         }
         let grace = Duration::from_secs(self.settings.config.server.shutdown_grace_secs);
         info!(signal = %signal, grace_secs = grace.as_secs(), "stopping: no new clients");
+        if let Some(n) = &self.notifier {
+            n.send("STOPPING=1");
+        }
         for l in &mut self.listeners {
             l.socket = None;
         }

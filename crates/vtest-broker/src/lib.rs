@@ -16,6 +16,7 @@ mod cgroup;
 pub mod config;
 mod error;
 mod listener;
+mod notify;
 mod spawn;
 pub mod status;
 mod workers;

@@ -14,6 +14,9 @@ use crate::BrokerError;
 pub(crate) struct Listener {
     pub(crate) socket: UnixListener,
     path: PathBuf,
+    /// Bound by us (removed on drop), or passed by systemd (kept: it
+    /// outlives the service).
+    ours: bool,
 }
 
 /// Ownership and mode of a socket file.
@@ -49,10 +52,31 @@ impl Listener {
         let listener = Listener {
             socket,
             path: path.to_owned(),
+            ours: true,
         };
         listener.socket.set_nonblocking(true).map_err(bind_error)?;
         apply_perms(path, perms).map_err(bind_error)?;
         Ok(listener)
+    }
+
+    /// A listening socket passed by systemd; returns it with its path.
+    pub(crate) fn adopt(fd: std::os::fd::OwnedFd) -> std::io::Result<Listener> {
+        let socket = UnixListener::from(fd);
+        socket.set_nonblocking(true)?;
+        let path = socket
+            .local_addr()?
+            .as_pathname()
+            .map(Path::to_path_buf)
+            .ok_or_else(|| std::io::Error::other("passed socket has no path"))?;
+        Ok(Listener {
+            socket,
+            path,
+            ours: false,
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The next pending connection, if any.
@@ -68,7 +92,9 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
+        if self.ours {
+            let _ = fs::remove_file(&self.path);
+        }
     }
 }
 

@@ -17,6 +17,7 @@
 //! the only crate allowed `unsafe`.
 
 mod error;
+pub mod inherited;
 mod landlock;
 mod namespaces;
 mod privileges;

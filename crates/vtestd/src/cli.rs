@@ -26,6 +26,16 @@ pub enum Command {
     Status(StatusArgs),
     /// Print a running broker's counters in Prometheus text format.
     Metrics(AdminArg),
+    /// Write a Container Device Interface spec, so that
+    /// `podman run --device vtestd.dev/gpu=default` injects the socket and environment.
+    Cdi(CdiArgs),
+    /// Print the man page (roff).
+    Man,
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Internal: serve one client handed over by the broker.
     #[command(hide = true)]
     Worker(RendererArgs),
@@ -36,6 +46,16 @@ pub struct ConfigArg {
     /// Configuration file [default: /etc/vtestd/vtestd.toml if it exists].
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CdiArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Where to write the spec [default: standard output]; e.g.
+    /// /etc/cdi/vtestd.json.
+    #[arg(long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

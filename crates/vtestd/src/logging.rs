@@ -1,13 +1,35 @@
-//! Logging to stderr through `tracing`; `RUST_LOG` filters (default `info`).
+//! Logging through `tracing`: to the journal (structured fields) when
+//! systemd connected stderr to it, to stderr otherwise. `RUST_LOG` filters
+//! (default `info`).
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
-pub fn init(_process: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+pub fn init(process: &str) {
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // systemd sets JOURNAL_STREAM when stderr goes to the journal. Workers
+    // never see it (their environment is cleared) and log to stderr, which
+    // the journal also collects.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        match tracing_journald::layer() {
+            Ok(journal) => {
+                let journal = journal.with_syslog_identifier(process.to_string());
+                if tracing_subscriber::registry()
+                    .with(journal.with_filter(filter()))
+                    .try_init()
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            Err(e) => eprintln!("{process}: journald unavailable ({e}); logging to stderr"),
+        }
+    }
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter())
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)

@@ -3,7 +3,9 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod cdi;
 mod cli;
+mod docs;
 mod logging;
 mod sandbox;
 mod serve;
@@ -29,6 +31,9 @@ fn main() -> ExitCode {
         cli::Command::CheckConfig(args) => report(admin::check_config(args)),
         cli::Command::Status(args) => report(admin::status(args)),
         cli::Command::Metrics(args) => report(admin::metrics(args)),
+        cli::Command::Cdi(args) => report(cdi::run(args)),
+        cli::Command::Man => report(docs::man()),
+        cli::Command::Completions { shell } => report(docs::completions(shell)),
         cli::Command::Worker(args) => {
             logging::init("vtestd-worker");
             worker::run(args)
