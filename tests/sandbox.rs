@@ -124,3 +124,28 @@ fn piglit_passes_as_well_confined_as_not() {
     assert_eq!(confined.count("pass"), unconfined.count("pass"));
     assert_eq!(confined.failures(), unconfined.failures());
 }
+
+#[test]
+fn glmark2_runs_as_well_confined_as_not() {
+    use common::mesa::{glmark2_score, mesa_command, run_client, work_dir};
+    let xvfb = Xvfb::start();
+    let mut scores = Vec::new();
+    for extra in [&[][..], &["--sandbox=off"][..]] {
+        let server = Server::start_with(ServerKind::Vtestd, extra);
+        let dir = work_dir("glmark2-sandbox");
+        let args = [
+            "--off-screen",
+            "-b",
+            "build:duration=2",
+            "-b",
+            "shading:duration=2",
+        ];
+        let cmd = mesa_command(&server, &xvfb, "glmark2", &args);
+        let out = run_client(cmd, &dir, "glmark2", Duration::from_secs(120));
+        assert!(out.success(), "glmark2 {extra:?}: {}", out.describe());
+        let score = glmark2_score(&out.stdout).expect("a score");
+        assert!(score > 0);
+        scores.push(score);
+    }
+    println!("glmark2 score: sandbox on {}, off {}", scores[0], scores[1]);
+}
