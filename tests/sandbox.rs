@@ -46,20 +46,40 @@ fn connected(server: &Server) -> (Client, u32) {
 #[test]
 fn a_serving_worker_is_confined() {
     let server = Server::start(ServerKind::Vtestd);
-    let (_client, worker) = connected(&server);
+    let (_client, reaper) = connected(&server);
     let broker = server.pid();
-    assert_eq!(status_field(worker, "Seccomp"), "2", "seccomp filter mode");
-    assert_eq!(status_field(worker, "NoNewPrivs"), "1");
-    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
-        assert_eq!(status_field(worker, set), "0000000000000000", "{set}");
+    // The broker's child waits for the real worker, PID 1 of its own namespace.
+    let inner = common::procs::children(reaper);
+    assert_eq!(inner.len(), 1, "one worker inside the reaper");
+    let worker = inner[0];
+    for pid in [reaper, worker] {
+        assert_eq!(
+            status_field(pid, "Seccomp"),
+            "2",
+            "seccomp filter mode ({pid})"
+        );
+        assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+        for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert_eq!(status_field(pid, set), "0000000000000000", "{set} ({pid})");
+        }
     }
-    for ns in ["net", "user", "mnt", "ipc"] {
+    assert_eq!(
+        status_field(worker, "NSpid").split_whitespace().last(),
+        Some("1"),
+        "the worker is PID 1 of its namespace"
+    );
+    for ns in ["net", "user", "mnt", "ipc", "pid"] {
         assert_ne!(
             namespace(worker, ns),
             namespace(broker, ns),
             "worker has its own {ns} namespace"
         );
     }
+    let reaper_fds = fs::read_dir(format!("/proc/{reaper}/fd")).unwrap().count();
+    assert!(
+        reaper_fds <= 1,
+        "the reaper keeps only stderr: {reaper_fds}"
+    );
     // Only the fds it needs: stdio (control channel on stdin), the client
     // socket and its renderer's; nothing inherited from the broker.
     let fds = fs::read_dir(format!("/proc/{worker}/fd")).unwrap().count();

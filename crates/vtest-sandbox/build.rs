@@ -81,12 +81,13 @@ fn main() {
             writeln!(out, "];").unwrap();
         }
     }
-    let no_clone3_path = dir.join("no-clone3.json");
-    let no_clone3 = read(&no_clone3_path);
-    let wrapped = json!({ "no_clone3": no_clone3_without_comment(&no_clone3) });
-    let compiled = seccompiler::compile_from_json(wrapped.to_string().as_bytes(), arch)
-        .unwrap_or_else(|e| panic!("no-clone3 policy: {e}"));
-    emit_program(&mut out, "NO_CLONE3", &compiled["no_clone3"]);
+    for (file, konst) in [("no-clone3.json", "NO_CLONE3"), ("reaper.json", "REAPER")] {
+        let filter = read(&dir.join(file));
+        let wrapped = json!({ "f": without_comment(&filter) });
+        let compiled = seccompiler::compile_from_json(wrapped.to_string().as_bytes(), arch)
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        emit_program(&mut out, konst, &compiled["f"]);
+    }
     write!(out, "const SYSCALL_NAMES: &[(u32, &str)] = &[").unwrap();
     for (nr, name) in syscall_table(&arch_name) {
         write!(out, "({nr}, {name:?}),").unwrap();
@@ -97,7 +98,7 @@ fn main() {
 }
 
 /// A filter file's own top-level comment is ours, not seccompiler's.
-fn no_clone3_without_comment(filter: &Value) -> Value {
+fn without_comment(filter: &Value) -> Value {
     let mut f = filter.clone();
     if let Some(map) = f.as_object_mut() {
         map.remove("comment");

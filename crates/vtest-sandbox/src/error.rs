@@ -13,6 +13,8 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
+    #[error("fork into the PID namespace")]
+    Fork(#[source] nix::Error),
     #[error("landlock: {0}")]
     Landlock(String),
     #[error("no_new_privs")]

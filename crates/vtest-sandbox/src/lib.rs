@@ -3,7 +3,8 @@
 //!
 //! 1. fork+exec with a clean environment and only the needed fds (the broker);
 //! 2. namespaces: user, network (empty), IPC, mount (pivot_root into a
-//!    read-only tmpfs root with read-only binds of what rendering needs);
+//!    read-only tmpfs root with read-only binds of what rendering needs),
+//!    PID (the worker forks once and serves as PID 1 of its own namespace);
 //! 3. rlimits: no core dumps, bounded fds and data;
 //! 4. Landlock: read-only where rendering reads, read-write only on render
 //!    nodes, no TCP, no signals or abstract sockets outside the sandbox;
@@ -20,6 +21,7 @@ mod error;
 pub mod inherited;
 mod landlock;
 mod namespaces;
+mod pid;
 mod privileges;
 pub mod rlimits;
 pub mod seccomp;
@@ -40,6 +42,7 @@ pub enum Layer {
     NetworkNamespace,
     IpcNamespace,
     MountNamespace,
+    PidNamespace,
     Rlimits,
     Landlock,
     Capabilities,

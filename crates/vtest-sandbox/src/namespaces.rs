@@ -61,6 +61,14 @@ pub(crate) fn enter(root: &RootFs, report: &mut Vec<(Layer, Outcome)>) -> Result
         Err(e) => Outcome::Unavailable(e.to_string()),
     };
     report.push((Layer::MountNamespace, outcome));
+    let outcome = match unshare(CloneFlags::CLONE_NEWPID) {
+        Ok(()) => {
+            crate::pid::enter()?;
+            Outcome::Applied
+        }
+        Err(e) => Outcome::Unavailable(e.to_string()),
+    };
+    report.push((Layer::PidNamespace, outcome));
     Ok(())
 }
 

@@ -125,10 +125,18 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
         // SAFETY: a plain send of our stack buffer; failures are ignored.
         unsafe { libc::send(fd, buf.as_ptr().cast(), len, libc::MSG_NOSIGNAL) };
     }
-    // Die of SIGSYS: restore the default action; the signal raised now is
-    // delivered when this handler returns (it is blocked until then).
     // SAFETY: async-signal-safe calls with valid arguments.
     unsafe {
+        if libc::getpid() == 1 {
+            // PID 1 of its namespace ignores its own signals: exit with the
+            // code the reaper turns back into SIGSYS.
+            libc::syscall(
+                libc::SYS_exit_group,
+                crate::pid::exit_code_for(libc::SIGSYS),
+            );
+        }
+        // Die of SIGSYS: restore the default action; the signal raised now
+        // is delivered when this handler returns (it is blocked until then).
         libc::signal(libc::SIGSYS, libc::SIG_DFL);
         libc::syscall(
             libc::SYS_tgkill,
@@ -137,6 +145,11 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
             libc::SIGSYS,
         );
     }
+}
+
+/// The reaper's filter (`policies/seccomp/reaper.json`).
+pub(crate) fn install_reaper() -> Result<(), SandboxError> {
+    seccompiler::apply_filter(&decode(REAPER)).map_err(|e| SandboxError::Seccomp(e.to_string()))
 }
 
 /// Encodes `WorkerMsg::SeccompViolation { syscall }` for the control

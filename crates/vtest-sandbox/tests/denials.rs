@@ -269,6 +269,20 @@ fn probes() -> Vec<Probe> {
             },
         },
         Probe {
+            name: "alone_in_its_pid_namespace",
+            phase: Init,
+            profile: Llvmpipe,
+            expect: Ok,
+            run: || {
+                // SAFETY: plain syscall.
+                if unsafe { libc::getpid() } == 1 {
+                    Result::Ok(())
+                } else {
+                    Err(0)
+                }
+            },
+        },
+        Probe {
             name: "read_libraries",
             phase: Init,
             profile: Llvmpipe,

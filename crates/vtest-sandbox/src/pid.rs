@@ -1,0 +1,71 @@
+//! The PID namespace. `unshare(CLONE_NEWPID)` only affects children, so the
+//! worker forks once: the child becomes PID 1 of a namespace where it is the
+//! only process (it cannot see, signal or trace anything else), and the
+//! parent stays behind as a minimal *reaper* that the broker knows as the
+//! worker: it holds no fds, no capabilities, runs under a tiny seccomp
+//! filter, waits for the child and ends the way the child ended (exit code or
+//! signal), so the broker's accounting is unchanged. If the reaper is killed
+//! (watchdog, shutdown, `kill`), the kernel kills the child
+//! (`PR_SET_PDEATHSIG`).
+
+use nix::sys::signal::{kill, signal, SigHandler, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, getpid, ForkResult, Pid};
+
+use crate::{privileges, seccomp, SandboxError};
+
+/// Exit code of a PID-namespace init that died of `signal` (it cannot be
+/// killed by its own signals): the reaper turns it back into the signal.
+pub const fn exit_code_for(signal: i32) -> i32 {
+    128 + signal
+}
+
+/// Forks into the new PID namespace; returns in the child only.
+pub(crate) fn enter() -> Result<(), SandboxError> {
+    // SAFETY: the worker is single-threaded here (the renderer, which starts
+    // threads, comes later), so the child may run arbitrary code.
+    match unsafe { fork() }.map_err(SandboxError::Fork)? {
+        ForkResult::Child => {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(SandboxError::Fork)?;
+            Ok(())
+        }
+        ForkResult::Parent { child } => reap(child),
+    }
+}
+
+/// The parent's whole life.
+fn reap(child: Pid) -> ! {
+    // Nothing of the worker's: stdin (the control channel), stdout and every
+    // other fd go; stderr stays for a last word.
+    let _ = nix::unistd::close(0);
+    let _ = nix::unistd::close(1);
+    // SAFETY: closes fds only; none is in use by this single thread again.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if privileges::drop_all().is_err() || seccomp::install_reaper().is_err() {
+        let _ = kill(child, Signal::SIGKILL);
+        std::process::exit(1);
+    }
+    loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => {
+                if let Some(sig) = (code > 128)
+                    .then(|| Signal::try_from(code - 128).ok())
+                    .flatten()
+                {
+                    die_of(sig);
+                }
+                std::process::exit(code);
+            }
+            Ok(WaitStatus::Signaled(_, sig, _)) => die_of(sig),
+            Err(nix::errno::Errno::EINTR) => continue,
+            _ => std::process::exit(1),
+        }
+    }
+}
+
+fn die_of(sig: Signal) -> ! {
+    // SAFETY: SIG_DFL installs no handler code.
+    let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+    let _ = kill(getpid(), sig);
+    std::process::exit(exit_code_for(sig as i32));
+}
