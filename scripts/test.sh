@@ -14,3 +14,4 @@ cargo build --locked --workspace --all-targets
 # One test at a time inside each binary: the end-to-end tests start servers,
 # Xvfb and Mesa clients, and the machine may have only two cores.
 cargo test --locked --workspace -- --test-threads=1
+./fuzz/run-ci.sh
