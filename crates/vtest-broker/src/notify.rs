@@ -35,6 +35,8 @@ impl Notifier {
             None => SocketAddr::from_pathname(std::path::Path::new(&path)).ok()?,
         };
         let socket = UnixDatagram::unbound().ok()?;
+        // systemd always reads, but a stuck reader must never block the broker.
+        socket.set_nonblocking(true).ok()?;
         let ours = watchdog_pid.is_none_or(|p| p == std::process::id());
         let watchdog = watchdog_usec
             .filter(|_| ours)

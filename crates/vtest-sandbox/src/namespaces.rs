@@ -155,6 +155,27 @@ fn minimal_root(root: &RootFs) -> Result<(), SandboxError> {
     Ok(())
 }
 
+/// The flags of the mount at `target` that a remount must keep.
+fn locked_flags(target: &Path) -> MsFlags {
+    use nix::sys::statvfs::{statvfs, FsFlags};
+    let Ok(st) = statvfs(target) else {
+        return MsFlags::empty();
+    };
+    let have = st.flags();
+    [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ]
+    .into_iter()
+    .filter(|(st, _)| have.contains(*st))
+    .fold(MsFlags::empty(), |acc, (_, ms)| acc | ms)
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Bind {
     ReadOnlyDir,
@@ -197,6 +218,9 @@ fn bind(path: &Path, kind: Bind) -> Result<(), SandboxError> {
         Bind::ReadOnlyFile => flags |= MsFlags::MS_RDONLY | MsFlags::MS_NOEXEC,
         Bind::Device => flags |= MsFlags::MS_NOEXEC,
     }
+    // In a user namespace the source mount's flags are locked: a remount
+    // that drops one (e.g. systemd's noexec on /sys) fails with EPERM.
+    flags |= locked_flags(&target);
     mount(none, &target, none, flags, none).map_err(sys("remount bind", path))?;
     Ok(())
 }

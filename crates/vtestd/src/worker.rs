@@ -60,6 +60,11 @@ fn init_failed(channel: &Channel, what: &str, reason: String) -> ExitCode {
 }
 
 pub fn run(args: RendererArgs) -> ExitCode {
+    // The broker blocks the signals it reads through its signalfd, and a
+    // blocked mask survives exec: SIGTERM must end a worker.
+    if let Err(e) = nix::sys::signal::SigSet::all().thread_unblock() {
+        warn!(error = %e, "cannot unblock signals");
+    }
     let channel = match std::io::stdin().as_fd().try_clone_to_owned() {
         Ok(fd) => Channel::from_fd(fd),
         Err(e) => {
