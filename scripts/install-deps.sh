@@ -12,6 +12,9 @@ packages=(
   libegl-mesa0 libgl1-mesa-dri
   # tests and benchmark: reference server, real clients, X server, tools
   virgl-server mesa-utils xvfb glmark2-x11 piglit util-linux python3 procps
+  # packaging tests: Debian 12 roots, package builds and linters, systemd
+  # tools (systemd-analyze, systemd-socket-activate, systemd-nspawn)
+  debootstrap dpkg-dev binutils lintian rpm rpmlint man-db systemd systemd-container python3-yaml
 )
 
 sudo=""
@@ -38,3 +41,6 @@ fi
 if command -v rustup >/dev/null 2>&1; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi
+
+# The package builders (pinned cargo-deb and cargo-generate-rpm).
+"$(dirname "$0")/../packaging/install-tools.sh"

@@ -4,6 +4,7 @@
 
 pub mod mesa;
 pub mod procs;
+pub mod rootfs;
 pub mod server;
 pub mod tenant;
 pub mod xvfb;
