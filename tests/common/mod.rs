@@ -2,8 +2,10 @@
 //! `virgl_test_server`) on a private socket, and run real clients against it.
 #![allow(dead_code)]
 
+pub mod arena;
 pub mod mesa;
 pub mod procs;
+pub mod procstat;
 pub mod rootfs;
 pub mod server;
 pub mod tenant;

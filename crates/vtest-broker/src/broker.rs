@@ -673,10 +673,7 @@ impl Broker {
         let c = &w.client;
         info!(client = c.client_id, worker = pid, peer_pid = c.pid, uid = c.uid, gid = c.gid,
               listener = %c.listener, pooled = from_pool.is_some(), "client accepted");
-        worker.role = Role::Serving {
-            client: w.client,
-            since: w.since,
-        };
+        self.workers.attach(pid, w.client, w.since);
     }
 
     fn serve_admin(&mut self) {

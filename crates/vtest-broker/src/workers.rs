@@ -66,6 +66,15 @@ impl Workers {
         );
     }
 
+    /// Marks worker `pid` as serving `client` from now on.
+    pub(crate) fn attach(&mut self, pid: u32, client: ClientInfo, since: Instant) {
+        if let Some(w) = self.by_pid.get_mut(&pid) {
+            w.role = Role::Serving { client, since };
+            // The hang clock starts with the client, not at spawn.
+            w.progress_at = Instant::now();
+        }
+    }
+
     pub(crate) fn get_mut(&mut self, pid: u32) -> Option<&mut Worker> {
         self.by_pid.get_mut(&pid)
     }
@@ -172,7 +181,8 @@ impl Workers {
             let Role::Serving { client, .. } = &w.role else {
                 continue;
             };
-            if w.killed_for_hang || w.progress_at.elapsed() < timeout {
+            let pending = w.stats.fences_submitted > w.stats.fences_completed;
+            if w.killed_for_hang || !pending || w.progress_at.elapsed() < timeout {
                 continue;
             }
             warn!(

@@ -90,7 +90,16 @@ impl Input {
             self.buf.resize(want, 0);
         }
         if self.end == self.buf.len() {
-            self.buf.resize(self.buf.len() * 2, 0);
+            // Full of complete requests: let them be handled first. The
+            // buffer only ever grows to fit one request (`want`, bounded by
+            // the framing limits), so a flooding client cannot grow it.
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else {
+                return Ok(Fill::Data);
+            }
         }
         loop {
             match recv(
@@ -121,6 +130,11 @@ impl Output {
     /// Queues a reply; it is written by the next [`Conn::flush`] or fd send.
     pub(crate) fn queue(&mut self, reply: &Reply<'_>) {
         reply.encode(&mut self.out);
+    }
+
+    /// Bytes of replies queued and not yet written.
+    pub(crate) fn queued(&self) -> usize {
+        self.out.len()
     }
 
     /// Writes every queued reply (blocking).

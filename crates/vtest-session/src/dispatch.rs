@@ -112,6 +112,15 @@ impl<B: Backend> Dispatcher<B> {
         self.out.flush().map_err(io)
     }
 
+    /// Writes the queued replies once they pass `bytes` (a client that
+    /// pipelines without reading then blocks its own worker, not its memory).
+    pub(crate) fn flush_over(&mut self, bytes: usize) -> Result<()> {
+        if self.out.queued() > bytes {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn fence_fd(&self) -> Option<BorrowedFd<'_>> {
         self.backend.poll_fd()
     }

@@ -138,11 +138,15 @@ impl<B: Backend> Session<B> {
                 Decoded::Request(request, used) => {
                     self.dispatcher.handle(request)?;
                     self.input.consume(used);
+                    self.dispatcher.flush_over(MAX_QUEUED_REPLIES)?;
                 }
             }
         }
     }
 }
+
+/// Replies queued before they are written out within one batch of requests.
+const MAX_QUEUED_REPLIES: usize = 64 << 10;
 
 /// How often [`Session::run_with_ticks`] reports.
 pub const TICK: Duration = Duration::from_secs(1);
