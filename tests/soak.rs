@@ -19,7 +19,7 @@ use common::server::{Server, ServerKind};
 use common::tenant::Tenant;
 
 /// Sequential clients after the warm-up.
-const SEQUENTIAL: usize = 500;
+const SEQUENTIAL: usize = 2000;
 /// Clients at once.
 const CONCURRENT: usize = 64;
 /// Clients before the baseline is taken.
