@@ -42,5 +42,8 @@ if command -v rustup >/dev/null 2>&1; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi
 
-# The package builders (pinned cargo-deb and cargo-generate-rpm).
-"$(dirname "$0")/../packaging/install-tools.sh"
+# The package builders (pinned cargo-deb and cargo-generate-rpm), for the
+# tests; `scripts/serve.sh` does not need them.
+if [ "${VTESTD_SKIP_PACKAGING_TOOLS:-0}" != 1 ]; then
+  "$(dirname "$0")/../packaging/install-tools.sh"
+fi

@@ -4,7 +4,7 @@
 # Extra arguments go to `vtestd serve` (e.g. --socket-path=/run/vtest.sock).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/install-deps.sh
+VTESTD_SKIP_PACKAGING_TOOLS=1 ./scripts/install-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --locked -p vtestd
 exec ./target/release/vtestd serve "$@"
