@@ -50,6 +50,8 @@ pub struct Server {
     dir: PathBuf,
     socket: PathBuf,
     log: PathBuf,
+    /// More directories to remove on drop (a configuration file's).
+    extra_dirs: Vec<PathBuf>,
 }
 
 impl Server {
@@ -66,12 +68,15 @@ impl Server {
     /// Starts vtestd with a configuration file holding `toml` (written into
     /// the server's private directory) and extra arguments.
     pub fn start_with_config(toml: &str, extra: &[&str]) -> Server {
-        let path = unique_dir("config").join("vtestd.toml");
+        let dir = unique_dir("config");
+        let path = dir.join("vtestd.toml");
         fs::write(&path, toml).expect("write config");
         let arg = format!("--config={}", path.display());
         let mut args = vec![arg.as_str()];
         args.extend_from_slice(extra);
-        Self::start_with_env(ServerKind::Vtestd, &args, &[])
+        let mut server = Self::start_with_env(ServerKind::Vtestd, &args, &[]);
+        server.extra_dirs.push(dir);
+        server
     }
 
     /// Starts a server with extra arguments and environment variables.
@@ -123,6 +128,7 @@ impl Server {
             dir,
             socket,
             log,
+            extra_dirs: Vec::new(),
         };
         server.wait_ready();
         server
@@ -250,5 +256,8 @@ impl Drop for Server {
             eprintln!("--- server log ({:?}) ---\n{}", self.kind, self.log_text());
         }
         let _ = fs::remove_dir_all(&self.dir);
+        for dir in &self.extra_dirs {
+            let _ = fs::remove_dir_all(dir);
+        }
     }
 }
