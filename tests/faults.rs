@@ -259,25 +259,35 @@ fn pile_up_waits(a: &Arena, max: usize) -> (usize, &'static str) {
     }
 }
 
-const MANY_WAITS: &str = "[limits.default]\nmax_waits = 4096\n";
+/// The worker's fd limit, lowered for the fault-injection tests below
+/// through a debug-build-only hook (release builds ignore it): with the
+/// configuration's checks, waits alone cannot reach the real limit.
+const TEST_OPEN_FILES: &str = "256";
 
-/// fd exhaustion in a worker: with `max_waits` raised above the worker's
-/// RLIMIT_NOFILE (1,024), a client holding ~1,000 pending waits brings its
-/// worker to the fd limit. Others are served meanwhile; signalling the sync
-/// releases the fds; piling up again ends that client (EMFILE), logged.
+/// fd exhaustion in a worker: with its RLIMIT_NOFILE at 256 (below what
+/// `max_waits = 512` needs), a client holding ~200 pending waits brings its
+/// worker close to the fd limit. Others are served meanwhile; signalling the
+/// sync releases the fds; piling up again ends that client (EMFILE), and
+/// the log names what ran out and the setting that bounds it.
 #[test]
 fn fd_exhaustion_in_a_worker_ends_only_that_client() {
-    let mut a = Arena::with_server(Server::start_with_config(MANY_WAITS, &[]));
+    let server = Server::start_with_env(
+        ServerKind::Vtestd,
+        &[],
+        &[("VTESTD_TEST_WORKER_OPEN_FILES", TEST_OPEN_FILES)],
+    );
+    let mut a = Arena::with_server(server);
     let mut c = a.hs("waits", 3);
     let w = inner_worker(a.wait_attackers(1)[0]);
     let s = c.sync_create(0).unwrap();
     let before = fd_count(w);
-    for _ in 0..980 {
+    let waits = 200;
+    for _ in 0..waits {
         drop(c.sync_wait(0, 600_000, &[(s, 1)]).unwrap());
     }
     let held = fd_count(w);
-    assert!(held >= 980, "each pending wait holds an fd: {held}");
-    // Others are served while that worker sits at its limit.
+    assert!(held >= waits, "each pending wait holds an fd: {held}");
+    // Others are served while that worker sits near its limit.
     a.tenant_round_trip();
     a.fresh_during();
     // The wait records (and their fds) go when the sync is signalled.
@@ -292,45 +302,175 @@ fn fd_exhaustion_in_a_worker_ends_only_that_client() {
     );
     drop(c);
     // Now all the way.
-    let (n, ended) = pile_up_waits(&a, 2000);
+    let (n, ended) = pile_up_waits(&a, 512);
     a.tenant_round_trip();
     println!(
-        "fd exhaustion: worker {before} fds idle, {held} with 980 waits; then {n} waits, {ended}"
+        "fd exhaustion: worker {before} fds idle, {held} with {waits} waits; then {n} waits, {ended}"
+    );
+    let log = a.log();
+    assert!(
+        !log.contains("I/O error"),
+        "fd exhaustion blamed on the socket:\n{log}"
     );
     a.finish(
-        "SYNC_WAITs piled up past the worker's fd limit (max_waits = 4096)",
-        Outcome::new(format!("{n} waits, then {ended}")).log("Too many open files"),
+        "SYNC_WAITs piled up past the worker's fd limit (RLIMIT_NOFILE 256)",
+        Outcome::new(format!("{n} waits, then {ended}"))
+            .log("SyncWait: the worker ran out of file descriptors: Too many open files")
+            .log("(worker_open_files = 256)"),
     );
 }
 
-/// The fd exhaustion above is logged as `I/O error on the client socket:
-/// Too many open files (os error 24)`: the client socket is fine, the
-/// worker ran out of fds creating an eventfd. Either `check-config` should
-/// refuse a `max_waits` the worker's fd limit cannot hold, or the reason
-/// should name what ran out.
+/// A configuration whose `max_waits` the worker's fd limit cannot hold is
+/// refused by `check-config` and by `serve`, with the numbers to fix it.
 #[test]
-#[ignore = "bug: a worker out of fds (EMFILE on eventfd) is logged as an I/O error on the client socket; max_waits above the fd limit is accepted"]
-fn bug_worker_fd_exhaustion_is_blamed_on_the_client_socket() {
+fn more_waits_than_worker_fds_is_refused() {
     let dir = common::server::unique_dir("waits-config");
     let path = dir.join("vtestd.toml");
-    std::fs::write(&path, MANY_WAITS).unwrap();
-    let check = std::process::Command::new(common::server::vtestd_bin())
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    std::fs::write(&path, "[limits.default]\nmax_waits = 4096\n").unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(common::server::vtestd_bin())
+            .args(args)
+            .arg(format!("--config={}", path.display()))
+            .output()
+            .unwrap()
+    };
+    let check = run(&["check-config"]);
+    let socket = dir.join("s");
+    let serve = run(&[
+        "serve",
+        &format!("--socket-path={}", socket.display()),
+        "--pool=0",
+    ]);
     let _ = std::fs::remove_dir_all(&dir);
-    if !check.status.success() {
-        return; // fixed by refusing the configuration
+    for (what, out) in [("check-config", check), ("serve", serve)] {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what} accepted max_waits 4096");
+        assert!(
+            err.contains("max_waits 4096 needs worker_open_files >= 4224"),
+            "{what}: {err}"
+        );
     }
-    let a = Arena::with_server(Server::start_with_config(MANY_WAITS, &[]));
-    let (n, _) = pile_up_waits(&a, 2000);
-    assert!(eventually(5, || a.log().contains("client ended")));
-    let log = a.log();
+}
+
+/// A worker at its memory limit (RLIMIT_DATA = `worker_memory_mib`): a
+/// client filling GL buffers gets to the limit, not past it; others are
+/// served meanwhile. Then both ways of hitting it: an allocation inside the
+/// renderer (GL_OUT_OF_MEMORY, which virglrenderer would shrug off) and
+/// one of vtestd's own (the input buffer for a large request); each ends
+/// its client, saying so.
+#[test]
+fn memory_limit_hit_in_a_worker_ends_only_that_client() {
+    const LIMIT_MIB: u64 = 256;
+    let config = format!("[server]\nworker_memory_mib = {LIMIT_MIB}\n");
+    let mut a = Arena::with_server(Server::start_with_config(&config, &[]));
+    let mut c = a.hs("hog", 3);
+    let w = inner_worker(a.wait_attackers(1)[0]);
+    let limits = std::fs::read_to_string(format!("/proc/{w}/limits")).unwrap();
+    let data = limits
+        .lines()
+        .find(|l| l.starts_with("Max data size"))
+        .unwrap();
     assert!(
-        !log.contains("on the client socket: Too many open files"),
-        "after {n} waits:\n{log}"
+        data.contains(&(LIMIT_MIB << 20).to_string()),
+        "worker RLIMIT_DATA: {data}"
     );
+    let vm_data = || common::procstat::status_kib(w, "VmData");
+    let start = vm_data();
+    let (buffers, near) = fill_until_near(&mut c, vm_data, LIMIT_MIB);
+    // Others are served while that worker sits at its limit.
+    a.tenant_round_trip();
+    a.fresh_during();
+    let mut more = 0;
+    let ended = loop {
+        match fill_buffer(&mut c) {
+            Ok(()) => more += 1,
+            Err(e) => break e,
+        }
+        let now = vm_data();
+        assert!(
+            now <= LIMIT_MIB << 10,
+            "worker data {now} KiB past the limit"
+        );
+        assert!(
+            more < 16,
+            "{more} more buffers past the limit and still served"
+        );
+    };
+    assert!(matches!(ended, Error::Disconnected), "{ended}");
+    assert!(
+        eventually(5, || a
+            .log()
+            .contains("GL_OUT_OF_MEMORY (worker_memory_mib")),
+        "{}",
+        a.log()
+    );
+    // vtestd's own allocation: near the limit, one allowed 60 MiB request.
+    let mut c = a.hs("hog-input", 3);
+    let w = inner_worker(a.wait_attackers(1)[0]);
+    fill_until_near(
+        &mut c,
+        || common::procstat::status_kib(w, "VmData"),
+        LIMIT_MIB,
+    );
+    let big = wire::TransferArgs {
+        handle: 1,
+        bx: wire::Box3::rect(60 << 20, 1),
+        data_size: 60 << 20,
+        ..Default::default()
+    };
+    let sent = c
+        .transfer_put(&big, &vec![0; 60 << 20])
+        .and_then(|()| c.ping());
+    assert!(matches!(sent, Err(Error::Disconnected)), "{sent:?}");
+    println!(
+        "memory limit: VmData {start} KiB at start, {near} KiB after {buffers} x 32 MiB \
+         buffers; {more} more, then the client was ended"
+    );
+    a.finish(
+        "GL buffers filled up to the worker's memory limit (worker_memory_mib = 256)",
+        Outcome::new(format!(
+            "{buffers} buffers of 32 MiB served, then {more} more, then EOF"
+        ))
+        .log("TransferPut: the worker ran out of memory: the renderer reported GL_OUT_OF_MEMORY")
+        .log("TransferPut: the worker ran out of memory: Cannot allocate memory")
+        .log_n("(worker_memory_mib = 256)", 2),
+    );
+}
+
+/// One 32 MiB GL buffer, written in 4 MiB transfers, then a round trip.
+fn fill_buffer(c: &mut vtest_client::Client) -> Result<(), Error> {
+    const CHUNK: u32 = 32 << 20;
+    const PIECE: u32 = 4 << 20;
+    let h = c.resource_create(&wire::ResourceArgs::buffer(CHUNK))?;
+    let data = vec![0x5a; PIECE as usize];
+    for i in 0..CHUNK / PIECE {
+        let mut bx = wire::Box3::rect(PIECE, 1);
+        bx.x = i * PIECE;
+        let t = wire::TransferArgs {
+            handle: h,
+            bx,
+            data_size: PIECE,
+            ..Default::default()
+        };
+        c.transfer_put(&t, &data)?;
+    }
+    c.ping()
+}
+
+/// Fills buffers until the worker's VmData is two buffers below the limit;
+/// returns how many and the VmData (KiB) reached.
+fn fill_until_near(
+    c: &mut vtest_client::Client,
+    vm_data: impl Fn() -> u64,
+    limit_mib: u64,
+) -> (u32, u64) {
+    let mut n = 0;
+    while vm_data() + (64 << 10) < limit_mib << 10 {
+        fill_buffer(c).expect("below the limit");
+        n += 1;
+        assert!(n < 64, "{n} buffers and still below the limit");
+    }
+    (n, vm_data())
 }
 
 /// Workers must not keep the signals the broker blocks for its signalfd

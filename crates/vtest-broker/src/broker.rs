@@ -18,7 +18,7 @@ use tracing::{debug, error, info, warn};
 use vtest_control::{BrokerMsg, Channel, ClientInfo};
 
 use crate::cgroup::{self, Cgroups};
-use crate::config::{parse_mode, Backend, Config, ListenerConfig};
+use crate::config::{parse_mode, Backend, Config, ListenerConfig, ServerConfig};
 use crate::listener::{resolve_gid, Listener, SocketPerms};
 use crate::notify::Notifier;
 use crate::status::{ClientStatus, Counters, ExitRecord, ListenerStatus, Status};
@@ -95,8 +95,16 @@ pub struct Broker {
     terminated_at: Option<Instant>,
 }
 
-fn worker_command(program: &std::path::Path, l: &ListenerConfig) -> WorkerCommand {
-    let mut args: Vec<std::ffi::OsString> = vec!["worker".into()];
+fn worker_command(
+    program: &std::path::Path,
+    server: &ServerConfig,
+    l: &ListenerConfig,
+) -> WorkerCommand {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "worker".into(),
+        format!("--max-open-files={}", server.worker_open_files).into(),
+        format!("--max-data-mib={}", server.worker_memory_mib).into(),
+    ];
     match l.backend {
         Backend::Surfaceless => args.push("--use-egl-surfaceless".into()),
         Backend::Gles => {
@@ -204,7 +212,7 @@ impl Broker {
         });
         for lc in &config.listeners {
             let limits = config.limits[&lc.limits].to_wire();
-            let command = worker_command(&self.settings.program, lc);
+            let command = worker_command(&self.settings.program, &config.server, lc);
             if let Some(existing) = self.listeners.iter_mut().find(|l| l.config.name == lc.name) {
                 if existing.command.args != command.args {
                     // New backend: the pool's workers were started for the old one.

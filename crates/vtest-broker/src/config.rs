@@ -11,6 +11,12 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_CONFIG: &str = "/etc/vtestd/vtestd.toml";
 /// The reference server's socket.
 pub const DEFAULT_SOCKET: &str = "/tmp/.virgl_test";
+/// File descriptors a worker needs besides its clients' waits: the control
+/// channel and client socket, EGL/DRM, llvmpipe, and memfds in flight.
+pub const WORKER_FD_RESERVE: u64 = 128;
+/// Below this, a worker cannot start the renderer (llvmpipe with its
+/// threads' stacks and arenas).
+pub const MIN_WORKER_MEMORY_MIB: u64 = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -54,8 +60,13 @@ pub struct ServerConfig {
     /// Put each worker in its own cgroup v2 (memory, pids) when the service
     /// has a delegated cgroup.
     pub cgroups: bool,
-    /// cgroup `memory.max` of a worker, MiB.
+    /// Memory of one worker, MiB: always its RLIMIT_DATA (heap and private
+    /// mappings; a worker over it fails allocations), and its cgroup
+    /// `memory.max` when cgroups are delegated.
     pub worker_memory_mib: u64,
+    /// RLIMIT_NOFILE of a worker: every pending SYNC_WAIT holds one, so it
+    /// must exceed each profile's `max_waits` by `WORKER_FD_RESERVE`.
+    pub worker_open_files: u64,
     /// cgroup `pids.max` of a worker (threads count).
     pub worker_pids: u32,
 }
@@ -123,6 +134,7 @@ impl Default for ServerConfig {
             hang_timeout_secs: 60,
             cgroups: true,
             worker_memory_mib: 8192,
+            worker_open_files: 1024,
             worker_pids: 256,
         }
     }
@@ -247,6 +259,36 @@ impl Config {
         if self.server.max_clients == 0 || self.server.max_clients_per_uid == 0 {
             return Err("max_clients and max_clients_per_uid must be at least 1".into());
         }
+        self.check_worker_limits()
+    }
+
+    /// The process limits of a worker must hold what its profiles allow.
+    fn check_worker_limits(&self) -> Result<(), String> {
+        let s = &self.server;
+        if s.worker_memory_mib < MIN_WORKER_MEMORY_MIB {
+            return Err(format!(
+                "worker_memory_mib {} < {MIN_WORKER_MEMORY_MIB}: the renderer cannot start",
+                s.worker_memory_mib
+            ));
+        }
+        if !(WORKER_FD_RESERVE..=1 << 20).contains(&s.worker_open_files) {
+            return Err(format!(
+                "worker_open_files {} is outside {WORKER_FD_RESERVE}..={}",
+                s.worker_open_files,
+                1 << 20
+            ));
+        }
+        for (name, p) in &self.limits {
+            let needed = u64::from(p.max_waits) + WORKER_FD_RESERVE;
+            if needed > s.worker_open_files {
+                return Err(format!(
+                    "[limits.{name}] max_waits {} needs worker_open_files >= {needed} \
+                     (each pending wait holds an fd; {WORKER_FD_RESERVE} are the worker's own), \
+                     but it is {}",
+                    p.max_waits, s.worker_open_files
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -349,8 +391,23 @@ mod tests {
             "[[listener]]\nname = \"a\"\n[[listener]]\nname = \"a\"\npath = \"/x\"",
             "[[listener]]\npath = \"/x\"\n[[listener]]\nname = \"b\"\npath = \"/x\"",
             "[server]\nmax_clients = 0",
+            "[server]\nworker_memory_mib = 16",
+            "[server]\nworker_open_files = 8",
+            "[limits.default]\nmax_waits = 4096",
+            "[server]\nworker_open_files = 600\n[limits.big]\nmax_waits = 512",
         ] {
             assert!(parse(bad).is_err(), "accepted: {bad}");
         }
+    }
+
+    #[test]
+    fn more_waits_fit_with_more_open_files() {
+        let c = parse("[server]\nworker_open_files = 5000\n[limits.default]\nmax_waits = 4096")
+            .unwrap();
+        assert_eq!(c.limits["default"].max_waits, 4096);
+        let e = parse("[limits.default]\nmax_waits = 4096")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("worker_open_files >= 4224"), "{e}");
     }
 }

@@ -68,6 +68,7 @@ pub const EXIT_CATEGORIES: &[&str] = &[
     "renderer_error",
     "limit_exceeded",
     "io_error",
+    "worker_exhausted",
     "init_failed",
     "seccomp_violation",
     "hang",

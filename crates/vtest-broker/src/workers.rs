@@ -343,6 +343,7 @@ fn category(reason: &ExitReason) -> &'static str {
         ExitReason::RendererError { .. } => "renderer_error",
         ExitReason::LimitExceeded { .. } => "limit_exceeded",
         ExitReason::IoError { .. } => "io_error",
+        ExitReason::WorkerExhausted { .. } => "worker_exhausted",
         ExitReason::Shutdown => "shutdown",
         ExitReason::InitFailed { .. } => "init_failed",
     }

@@ -100,6 +100,12 @@ pub enum ExitReason {
     IoError {
         reason: String,
     },
+    /// The worker hit one of its process limits (`resource`: "file
+    /// descriptors", "memory") serving the client's requests.
+    WorkerExhausted {
+        resource: String,
+        reason: String,
+    },
     /// The broker asked the worker to stop.
     Shutdown,
     InitFailed {
@@ -117,6 +123,7 @@ impl fmt::Display for ExitReason {
                 write!(f, "limit exceeded: {limit} {value} > {max}")
             }
             Self::IoError { reason } => write!(f, "I/O error: {reason}"),
+            Self::WorkerExhausted { reason, .. } => f.write_str(reason),
             Self::Shutdown => f.write_str("shut down by broker"),
             Self::InitFailed { reason } => write!(f, "initialisation failed: {reason}"),
         }

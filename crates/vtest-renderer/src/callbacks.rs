@@ -41,7 +41,7 @@ impl CallbackState {
 }
 
 /// Runs `f`, aborting the process instead of unwinding across the C frame.
-fn no_unwind<R>(what: &str, f: impl FnOnce() -> R) -> R {
+pub(crate) fn no_unwind<R>(what: &str, f: impl FnOnce() -> R) -> R {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(_) => {

@@ -48,6 +48,7 @@ mod callbacks;
 mod checks;
 mod error;
 mod ffi;
+mod messages;
 mod renderer;
 mod shm;
 mod types;

@@ -110,6 +110,7 @@ impl Renderer {
         }
         let flags = c_int::try_from(flags).map_err(|_| RendererError::InvalidArgument("flags"))?;
 
+        crate::messages::install();
         // SAFETY: cookie and callbacks are valid heap objects that stay alive
         // (and at the same address) until after virgl_renderer_cleanup in
         // Drop; no other virglrenderer instance exists (INITIALIZED).
@@ -544,6 +545,12 @@ impl Renderer {
     pub fn poll(&mut self) {
         // SAFETY: no arguments; callbacks only touch the live cookie.
         unsafe { sys::virgl_renderer_poll() };
+    }
+
+    /// Whether the renderer reported `GL_OUT_OF_MEMORY` since the last call:
+    /// an allocation failed, typically at the worker's memory limit.
+    pub fn take_out_of_memory(&mut self) -> bool {
+        crate::messages::take_out_of_memory()
     }
 
     /// `virgl_renderer_get_poll_fd()`: an eventfd that becomes readable when

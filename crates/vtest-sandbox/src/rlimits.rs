@@ -29,7 +29,7 @@ pub fn no_core_dumps() -> nix::Result<()> {
 }
 
 /// Applies `limits` (soft = hard, so they cannot be raised again).
-pub(crate) fn apply(limits: &Rlimits) -> Result<(), SandboxError> {
+pub fn apply(limits: &Rlimits) -> Result<(), SandboxError> {
     let set = |resource, value| {
         setrlimit(resource, value, value).map_err(|source| SandboxError::Rlimit {
             resource: format!("{resource:?}"),

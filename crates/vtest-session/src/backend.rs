@@ -106,4 +106,8 @@ pub trait Backend {
     fn take_context_fences(&mut self) -> Vec<ContextFence>;
     /// An fd that becomes readable when fences may have retired.
     fn poll_fd(&self) -> Option<BorrowedFd<'_>>;
+    /// Whether an allocation of the renderer failed since the last call.
+    fn take_out_of_memory(&mut self) -> bool {
+        false
+    }
 }

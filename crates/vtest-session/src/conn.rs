@@ -87,6 +87,11 @@ impl Input {
             self.start = 0;
         }
         if self.buf.len() < want {
+            // Fallible: a large (allowed) request at the worker's memory
+            // limit ends the client, not the worker.
+            self.buf
+                .try_reserve_exact(want - self.buf.len())
+                .map_err(|_| io::Error::from(Errno::ENOMEM))?;
             self.buf.resize(want, 0);
         }
         if self.end == self.buf.len() {
@@ -130,6 +135,14 @@ impl Output {
     /// Queues a reply; it is written by the next [`Conn::flush`] or fd send.
     pub(crate) fn queue(&mut self, reply: &Reply<'_>) {
         reply.encode(&mut self.out);
+    }
+
+    /// Makes room for `n` more bytes of replies, failing (ENOMEM) instead of
+    /// aborting when memory is short.
+    pub(crate) fn reserve(&mut self, n: usize) -> io::Result<()> {
+        self.out
+            .try_reserve(n)
+            .map_err(|_| io::Error::from(Errno::ENOMEM))
     }
 
     /// Bytes of replies queued and not yet written.

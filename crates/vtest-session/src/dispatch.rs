@@ -61,6 +61,11 @@ fn invalid(command: CommandId, reason: impl Into<String>) -> SessionError {
     }
 }
 
+/// An allocation for `command` failed (the worker is at its memory limit).
+fn out_of_memory(command: CommandId) -> SessionError {
+    SessionError::system(command, nix::errno::Errno::ENOMEM.into())
+}
+
 fn io(e: std::io::Error) -> SessionError {
     SessionError::Io(e)
 }
@@ -159,6 +164,23 @@ impl<B: Backend> Dispatcher<B> {
             (None, Request::CreateRenderer { .. }) | (Some(_), _) => {}
             (None, _) => return Err(SessionError::ContextMissing(command)),
         }
+        self.dispatch(command, request)?;
+        if self.backend.take_out_of_memory() {
+            // The renderer carries on after a failed allocation, but the
+            // client's rendering is incomplete from here: end it, saying why.
+            return Err(SessionError::WorkerExhausted {
+                command,
+                resource: "memory",
+                source: std::io::Error::new(
+                    std::io::ErrorKind::OutOfMemory,
+                    "the renderer reported GL_OUT_OF_MEMORY",
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn dispatch(&mut self, command: CommandId, request: Request<'_>) -> Result<()> {
         match request {
             Request::CreateRenderer { name } => self.create_renderer(name),
             Request::GetCaps => self.get_caps(CAPSET_VIRGL),
@@ -377,10 +399,14 @@ impl<B: Backend> Dispatcher<B> {
         Ok(())
     }
 
-    fn shared_memory(&self, handle: u32, len: u64) -> Result<SharedMemory> {
-        let len = usize::try_from(len).map_err(|_| invalid(CommandId::ResourceCreate2, "size"))?;
-        SharedMemory::new(&format!("vtest-res-{handle}"), len)
-            .map_err(|e| SessionError::Io(std::io::Error::other(format!("shared memory: {e}"))))
+    fn shared_memory(&self, command: CommandId, handle: u32, len: u64) -> Result<SharedMemory> {
+        let len = usize::try_from(len).map_err(|_| invalid(command, "size"))?;
+        SharedMemory::new(&format!("vtest-res-{handle}"), len).map_err(|e| match e {
+            vtest_renderer::RendererError::Shm(errno) => {
+                SessionError::system(command, errno.into())
+            }
+            other => SessionError::Io(std::io::Error::other(format!("shared memory: {other}"))),
+        })
     }
 
     fn resource_create(
@@ -395,7 +421,7 @@ impl<B: Backend> Dispatcher<B> {
         args.handle = handle;
         let mut backing = match data_size {
             0 => None,
-            n => Some(self.shared_memory(handle, u64::from(n))?),
+            n => Some(self.shared_memory(command, handle, u64::from(n))?),
         };
         let client_fd = backing.as_mut().and_then(SharedMemory::take_fd);
         self.backend
@@ -427,7 +453,7 @@ impl<B: Backend> Dispatcher<B> {
         self.check_new_resource(shm_bytes)?;
         let handle = self.resources.allocate_id();
         let mut backing = if guest_backed {
-            Some(self.shared_memory(handle, blob.size)?)
+            Some(self.shared_memory(command, handle, blob.size)?)
         } else {
             None
         };
@@ -463,7 +489,15 @@ impl<B: Backend> Dispatcher<B> {
         self.ensure_context()?;
         self.known(command, t.handle)?;
         // Zeroed, so a failed read sends zeros, never stale heap contents.
-        let mut data = vec![0u8; t.data_size as usize];
+        let len = t.data_size as usize;
+        let mut data = Vec::new();
+        data.try_reserve_exact(len)
+            .map_err(|_| out_of_memory(command))?;
+        data.resize(len, 0);
+        // The reply's header and data are copied into the output buffer.
+        self.out
+            .reserve(len + vtest_protocol::HEADER_BYTES)
+            .map_err(|e| SessionError::system(command, e))?;
         if let Err(e) = self
             .backend
             .transfer_read(CTX_ID, &v0_args(&t), Some(&mut data))
@@ -523,6 +557,9 @@ impl<B: Backend> Dispatcher<B> {
 
     fn submit(&mut self, command: CommandId, commands: &[u8]) -> Result<()> {
         self.scratch.clear();
+        self.scratch
+            .try_reserve(commands.len() / 4)
+            .map_err(|_| out_of_memory(command))?;
         self.scratch.extend(
             commands
                 .chunks_exact(4)
@@ -581,7 +618,10 @@ impl<B: Backend> Dispatcher<B> {
             });
         }
         let any = wait.flags & SYNC_WAIT_FLAG_ANY != 0;
-        let fd = self.syncs.wait(points, any, wait.timeout_ms).map_err(io)?;
+        let fd = self
+            .syncs
+            .wait(points, any, wait.timeout_ms)
+            .map_err(|e| SessionError::system(command, e))?;
         self.out.queue(&Reply::SyncWait);
         self.out.send_fd(fd.as_fd()).map_err(io)
     }

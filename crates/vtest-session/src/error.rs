@@ -14,6 +14,15 @@ pub enum SessionError {
     InvalidArgument { command: CommandId, reason: String },
     #[error("I/O error on the client socket")]
     Io(#[source] std::io::Error),
+    /// The worker process ran out of something its rlimits bound (fds,
+    /// memory) while serving `command`: the client's demand, not the socket.
+    #[error("{command:?}: the worker ran out of {resource}")]
+    WorkerExhausted {
+        command: CommandId,
+        resource: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("limit {limit} exceeded: {value} > {max}")]
     LimitExceeded {
         limit: &'static str,
@@ -39,6 +48,22 @@ pub enum SessionError {
 }
 
 impl SessionError {
+    /// An error of a system call made for `command`: running out of fds or
+    /// memory is the worker's limit being hit, anything else is I/O.
+    pub fn system(command: CommandId, source: std::io::Error) -> SessionError {
+        use nix::errno::Errno;
+        let resource = match source.raw_os_error().map(Errno::from_raw) {
+            Some(Errno::EMFILE | Errno::ENFILE) => "file descriptors",
+            Some(Errno::ENOMEM) => "memory",
+            _ => return SessionError::Io(source),
+        };
+        SessionError::WorkerExhausted {
+            command,
+            resource,
+            source,
+        }
+    }
+
     /// The full reason, with every source in the chain.
     pub fn chain(&self) -> String {
         let mut text = self.to_string();

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use vtest_control::SessionStats;
-use vtest_protocol::{decode, Decoded};
+use vtest_protocol::{decode, CommandId, Decoded};
 
 use crate::conn::{split, Fill, Input};
 use crate::dispatch::Dispatcher;
@@ -119,7 +119,17 @@ impl<B: Backend> Session<B> {
     fn read_and_dispatch(&mut self) -> Result<bool, SessionError> {
         let mut want = 0;
         loop {
-            match self.input.fill(want).map_err(SessionError::Io)? {
+            let filled = self.input.fill(want).map_err(|e| {
+                // Growing the buffer for the pending request can fail at the
+                // memory limit: blame that request, not the socket.
+                match command_of(self.input.pending()) {
+                    Some(command) if e.raw_os_error() == Some(nix::libc::ENOMEM) => {
+                        SessionError::system(command, e)
+                    }
+                    _ => SessionError::Io(e),
+                }
+            })?;
+            match filled {
                 Fill::Eof => return Ok(false),
                 Fill::WouldBlock => return Ok(true),
                 Fill::Data => {}
@@ -163,4 +173,10 @@ impl<B: Backend> Drop for Session<B> {
     fn drop(&mut self) {
         self.dispatcher.teardown();
     }
+}
+
+/// The command id in the header at the start of `pending`, if complete.
+fn command_of(pending: &[u8]) -> Option<CommandId> {
+    let id = pending.get(4..8)?;
+    CommandId::from_u32(u32::from_le_bytes([id[0], id[1], id[2], id[3]]))
 }

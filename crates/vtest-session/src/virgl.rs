@@ -180,6 +180,10 @@ impl Backend for VirglBackend {
             .map_err(err("context_create_fence"))
     }
 
+    fn take_out_of_memory(&mut self) -> bool {
+        self.renderer.take_out_of_memory()
+    }
+
     fn poll(&mut self) {
         self.renderer.poll();
         if let Some(ctx) = self.context {

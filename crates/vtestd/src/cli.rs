@@ -38,7 +38,35 @@ pub enum Command {
     },
     /// Internal: serve one client handed over by the broker.
     #[command(hide = true)]
-    Worker(RendererArgs),
+    Worker(WorkerArgs),
+}
+
+/// `vtestd worker`: the renderer choice plus the process limits the broker
+/// sets from `[server]` (they apply before the sandbox, so a pool worker is
+/// limited before it ever sees a client).
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub renderer: RendererArgs,
+    /// RLIMIT_NOFILE of the worker.
+    #[arg(long, value_name = "N")]
+    pub max_open_files: Option<u64>,
+    /// RLIMIT_DATA of the worker (private memory: heap, anonymous mappings), MiB.
+    #[arg(long, value_name = "MIB")]
+    pub max_data_mib: Option<u64>,
+}
+
+impl WorkerArgs {
+    /// The worker's rlimits: the broker's values, else the defaults.
+    pub fn rlimits(&self) -> vtest_sandbox::Rlimits {
+        let defaults = vtest_sandbox::Rlimits::default();
+        vtest_sandbox::Rlimits {
+            open_files: self.max_open_files.unwrap_or(defaults.open_files),
+            data_bytes: self
+                .max_data_mib
+                .map_or(defaults.data_bytes, |m| m.saturating_mul(1 << 20)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]

@@ -4,22 +4,27 @@ use std::os::fd::AsRawFd;
 
 use tracing::{info, warn};
 use vtest_control::Channel;
-use vtest_sandbox::{Outcome, Profile, SandboxConfig};
+use vtest_sandbox::{Outcome, Profile, Rlimits, SandboxConfig};
 
 use crate::cli::RendererArgs;
 
 /// Confines this worker before the renderer starts. Returns the seccomp
 /// profile to tighten to once it has, or `None` with `--sandbox=off`.
-pub fn confine(args: &RendererArgs, channel: &Channel) -> Result<Option<Profile>, String> {
+pub fn confine(
+    args: &RendererArgs,
+    rlimits: Rlimits,
+    channel: &Channel,
+) -> Result<Option<Profile>, String> {
     if !args.sandboxed() {
-        // Fault signals still kill the worker, and it never dumps core.
+        // Fault signals still kill the worker, and its limits still hold.
         vtest_sandbox::signals::die_on_fault_signals().map_err(|e| e.to_string())?;
-        vtest_sandbox::rlimits::no_core_dumps().map_err(|e| e.to_string())?;
+        vtest_sandbox::rlimits::apply(&rlimits).map_err(|e| crate::logging::chain(&e))?;
         return Ok(None);
     }
     let cache = std::env::var_os("MESA_SHADER_CACHE_DIR").map(Into::into);
-    let config =
+    let mut config =
         SandboxConfig::for_worker(args.rendernode.clone(), cache, Some(channel.as_raw_fd()));
+    config.rlimits = rlimits;
     let report = vtest_sandbox::confine(&config).map_err(|e| crate::logging::chain(&e))?;
     let missing: Vec<String> = report
         .iter()

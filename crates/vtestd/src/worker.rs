@@ -12,7 +12,7 @@ use vtest_control::{expect_one_fd, BrokerMsg, Channel, ExitReason, Limits, Worke
 use vtest_renderer::Renderer;
 use vtest_session::{Session, SessionError, SessionLimits, VirglBackend};
 
-use crate::cli::RendererArgs;
+use crate::cli::WorkerArgs;
 use crate::sandbox;
 
 /// Typed exit codes, so the broker (and a human) can tell why a worker ended
@@ -59,7 +59,14 @@ fn init_failed(channel: &Channel, what: &str, reason: String) -> ExitCode {
     Exit::InitFailed.into()
 }
 
-pub fn run(args: RendererArgs) -> ExitCode {
+pub fn run(args: WorkerArgs) -> ExitCode {
+    // A worker never outlives its broker: when the broker dies (crash,
+    // SIGKILL, the end of a service), the kernel kills this process and,
+    // through its own PR_SET_PDEATHSIG, the sandboxed child. A broker that
+    // died before this line leaves the control channel at EOF instead.
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL) {
+        warn!(error = %e, "cannot tie the worker to its broker");
+    }
     // The broker blocks the signals it reads through its signalfd, and a
     // blocked mask survives exec: SIGTERM must end a worker.
     if let Err(e) = nix::sys::signal::SigSet::all().thread_unblock() {
@@ -72,11 +79,14 @@ pub fn run(args: RendererArgs) -> ExitCode {
             return Exit::ControlFailed.into();
         }
     };
-    let profile = match sandbox::confine(&args, &channel) {
+    let rlimits = args.rlimits();
+    #[cfg(debug_assertions)]
+    let rlimits = test_hooks::rlimits(rlimits);
+    let profile = match sandbox::confine(&args.renderer, rlimits, &channel) {
         Ok(profile) => profile,
         Err(e) => return init_failed(&channel, "sandbox", e),
     };
-    let renderer = match Renderer::new(&args.options()) {
+    let renderer = match Renderer::new(&args.renderer.options()) {
         Ok(r) => r,
         Err(e) => return init_failed(&channel, "renderer", e.to_string()),
     };
@@ -144,7 +154,7 @@ pub fn run(args: RendererArgs) -> ExitCode {
             let text = truncated(e.chain());
             warn!(client = client.client_id, peer_pid = client.pid, uid = client.uid,
                   gid = client.gid, name, reason = %text, "closing client");
-            (exit_reason(e, text), Exit::ClientError)
+            (exit_reason(e, text, &rlimits), Exit::ClientError)
         }
     };
     // Release the client's resources before the renderer goes away.
@@ -172,7 +182,7 @@ fn session_limits(l: &Limits) -> SessionLimits {
     }
 }
 
-fn exit_reason(e: &SessionError, reason: String) -> ExitReason {
+fn exit_reason(e: &SessionError, reason: String, limits: &vtest_sandbox::Rlimits) -> ExitReason {
     match e {
         SessionError::LimitExceeded { limit, value, max } => ExitReason::LimitExceeded {
             limit: (*limit).to_string(),
@@ -180,6 +190,17 @@ fn exit_reason(e: &SessionError, reason: String) -> ExitReason {
             max: *max,
         },
         SessionError::Io(_) => ExitReason::IoError { reason },
+        SessionError::WorkerExhausted { resource, .. } => {
+            let limit = match *resource {
+                "memory" => format!("worker_memory_mib = {}", limits.data_bytes >> 20),
+                "file descriptors" => format!("worker_open_files = {}", limits.open_files),
+                _ => String::new(),
+            };
+            ExitReason::WorkerExhausted {
+                resource: (*resource).to_string(),
+                reason: format!("{reason} ({limit})"),
+            }
+        }
         SessionError::Renderer { .. } | SessionError::ContextFailed => {
             ExitReason::RendererError { reason }
         }
@@ -192,6 +213,18 @@ fn exit_reason(e: &SessionError, reason: String) -> ExitReason {
 /// and so every package, have no such code.
 #[cfg(debug_assertions)]
 mod test_hooks {
+    /// `VTESTD_TEST_WORKER_OPEN_FILES=N`: a lower fd limit than the
+    /// configuration allows, to exhaust a worker's fds on purpose.
+    pub fn rlimits(mut limits: vtest_sandbox::Rlimits) -> vtest_sandbox::Rlimits {
+        if let Some(n) = std::env::var("VTESTD_TEST_WORKER_OPEN_FILES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            limits.open_files = n;
+        }
+        limits
+    }
+
     /// `VTESTD_TEST_FAKE_HANG=1`: report a fence that never completes, to
     /// exercise the broker's hang watchdog.
     pub fn fake_hang(mut stats: vtest_control::SessionStats) -> vtest_control::SessionStats {
