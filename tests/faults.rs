@@ -504,3 +504,96 @@ fn an_idle_pool_does_not_delay_shutdown() {
         "stopping with an idle pool took {took:?}; log:\n{log}"
     );
 }
+
+/// Every process of a broker's worker trees (reapers and sandboxed servers).
+fn worker_processes(broker: u32) -> Vec<u32> {
+    children(broker).into_iter().flat_map(worker_tree).collect()
+}
+
+/// Broker restart under socket activation, with clients connected. The
+/// documented behaviour (README, "Restarts"):
+/// - a stopped broker (SIGTERM, `systemctl restart`) serves its clients for
+///   `shutdown_grace_secs`, including a connection it accepted that speaks
+///   only after the stop; then it ends their workers and exits;
+/// - connections made meanwhile wait in the listening socket, which the
+///   supervisor keeps, and the next broker serves them;
+/// - a killed broker (SIGKILL, crash) takes its workers with it at once;
+/// - nothing of an old broker is left running.
+#[test]
+fn broker_restart_under_socket_activation_loses_no_queued_client() {
+    use common::activation::Activation;
+    use nix::sys::signal::Signal::{SIGKILL, SIGTERM};
+    let act = Activation::new("shutdown_grace_secs = 2", 1);
+    let mut a = act.start_broker("a");
+    let mut x = Tenant::connect_path(&act.socket, "x");
+    x.round_trip(1);
+    let mut y = vtest_client::Client::connect(&act.socket).unwrap();
+    y.set_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert!(
+        eventually(10, || a.status()["listeners"][0]["waiting"] == 1
+            && a.status()["listeners"][0]["pool_ready"] == 1),
+        "a silent connection and a ready pool worker: {}",
+        a.status()
+    );
+    let a_workers = worker_processes(a.pid());
+    assert!(a_workers.len() >= 4, "x and the pool: {a_workers:?}");
+
+    a.signal(SIGTERM);
+    assert!(eventually(5, || a.log_text().contains("stopping")));
+    // Z connects after the stop: it waits in the listening socket.
+    let mut z = vtest_client::Client::connect(&act.socket).unwrap();
+    z.set_timeout(Some(Duration::from_secs(20))).unwrap();
+    // Y, accepted before the stop, speaks now and is served by A.
+    assert_eq!(y.handshake("y", 2).expect("y served during the grace"), 2);
+    // X carries on during the grace period.
+    x.try_round_trip(2).expect("x during the grace period");
+    let stopped = a.wait_exit(Duration::from_secs(15));
+    assert!(
+        stopped.is_some_and(|s| s.success()),
+        "A did not stop cleanly ({stopped:?}):\n{}",
+        a.log_text()
+    );
+    let log_a = a.log_text();
+    assert!(
+        log_a.contains("grace period over: ending workers"),
+        "{log_a}"
+    );
+    let left: Vec<u32> = a_workers.iter().copied().filter(|p| alive(*p)).collect();
+    assert!(left.is_empty(), "A's workers outlived it: {left:?}");
+    assert!(
+        x.try_round_trip(3).is_err(),
+        "x still served by a stopped broker"
+    );
+    assert!(y.ping().is_err(), "y still served by a stopped broker");
+
+    // B takes over the same socket and serves Z, queued since A's stop.
+    let b = act.start_broker("b");
+    assert_eq!(z.handshake("z", 2).expect("z served by the next broker"), 2);
+    z.ping().unwrap();
+    let mut w = Tenant::connect_path(&act.socket, "w");
+    w.round_trip(4);
+    let b_workers = worker_processes(b.pid());
+    assert!(b_workers.len() >= 4, "z, w and the pool: {b_workers:?}");
+
+    // B crashes: its workers die with it, and their clients see EOF.
+    b.signal(SIGKILL);
+    assert!(
+        eventually(5, || b_workers.iter().all(|p| !alive(*p))),
+        "workers outlived a killed broker: {:?}",
+        b_workers.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+    );
+    assert!(w.try_round_trip(5).is_err(), "w served by a dead broker");
+    assert!(z.ping().is_err(), "z served by a dead broker");
+    drop(b);
+
+    // C serves the socket as if nothing happened.
+    let c = act.start_broker("c");
+    let mut fresh = Tenant::connect_path(&act.socket, "fresh");
+    fresh.round_trip(6);
+    println!(
+        "restart: A ended {} worker processes after its grace; B's {} died with it",
+        a_workers.len(),
+        b_workers.len()
+    );
+    assert!(zombie_children(c.pid()).is_empty());
+}

@@ -1162,10 +1162,32 @@ check sandbox-applied "$(journalctl -b -u vtestd.service -o cat | grep -c 'worke
 check sandbox-weakened "$(journalctl -b -u vtestd.service -o cat | grep -c 'sandbox weakened\|initialisation failed')"
 check journal-fields "$(journalctl -b -u vtestd.service -o verbose MESSAGE='socket passed by systemd' | grep -c -e SYSLOG_IDENTIFIER=vtestd -e NAME=default)"
 check security "$(systemd-analyze security vtestd.service | sed -n 's/.*Overall exposure level for vtestd.service: \([0-9.]*\).*/\1/p')"
+# A client connected across the restart: glxgears renders until the old
+# broker ends its worker after shutdown_grace_secs (10 s).
+runuser -u alice -- env DISPLAY=:5 GALLIUM_DRIVER=virpipe MESA_SHADER_CACHE_DISABLE=true \
+    sh -c 'ln -sf /run/vtestd/vtest.sock /tmp/.virgl_test; exec glxgears' >/dev/null 2>&1 &
+gears=$!
+sleep 3
+main=$(systemctl show -p MainPID --value vtestd.service)
+old_workers=$(cat /proc/$main/task/*/children)
+check workers-before-restart "$(echo $old_workers | wc -w)"
+check gears-before-restart "$(kill -0 $gears 2>/dev/null && echo running || echo ended)"
 inode=$(stat -c %i /run/vtestd/vtest.sock)
+# A client arriving while the old broker winds down: queued, then served.
+(sleep 1; client alice > /tmp/during-restart.txt) &
+during=$!
 systemctl restart vtestd.service
 check service-after-restart "$(systemctl is-active vtestd.service)"
 check socket-kept "$([ "$(stat -c %i /run/vtestd/vtest.sock)" = "$inode" ] && echo yes || echo no)"
+left=0
+for p in $old_workers; do [ -d /proc/$p ] && left=$((left + 1)); done
+check old-workers-left "$left"
+sleep 1
+check gears-after-restart "$(kill -0 $gears 2>/dev/null && echo running || echo ended)"
+kill $gears 2>/dev/null
+wait $during
+check alice-during-restart "$(cat /tmp/during-restart.txt)"
+check grace-logged "$(journalctl -b -u vtestd.service -o cat | grep -c 'grace period over: ending workers')"
 check alice-after-restart "$(client alice)"
 journalctl --no-pager -u vtestd.service | tail -40
 check done yes
@@ -1226,6 +1248,7 @@ fn the_packaged_service_runs_under_systemd_in_a_booted_container() {
         start.elapsed().as_secs_f64()
     );
     let c = checks(&log);
+    eprintln!("checks in the container: {c:?}");
     let context = || {
         format!(
             "--- in the container ---\n{}\n--- console ---\n{}",
@@ -1291,6 +1314,22 @@ fn the_packaged_service_runs_under_systemd_in_a_booted_container() {
     assert!(
         exposure <= EXPOSURE_TARGET,
         "online exposure {exposure}\n{}",
+        context()
+    );
+    // Restart with a client connected (README, "Restarts"): its worker
+    // ended with the old broker, nothing of it is left, and a client that
+    // arrived meanwhile was served by the new one.
+    expect("gears-before-restart", "running");
+    assert!(
+        c["workers-before-restart"].parse::<u32>().unwrap_or(0) >= 1,
+        "{}",
+        context()
+    );
+    expect("old-workers-left", "0");
+    expect("grace-logged", "1");
+    assert!(
+        c["alice-during-restart"].contains("virgl"),
+        "a client arriving during the restart was not served\n{}",
         context()
     );
     expect("service-after-restart", "active");

@@ -2,6 +2,7 @@
 //! `virgl_test_server`) on a private socket, and run real clients against it.
 #![allow(dead_code)]
 
+pub mod activation;
 pub mod arena;
 pub mod mesa;
 pub mod procs;

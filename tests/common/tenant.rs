@@ -17,7 +17,12 @@ pub struct Tenant {
 
 impl Tenant {
     pub fn connect(server: &Server, name: &str) -> Tenant {
-        let mut client = Client::connect(server.socket_path()).expect("connect");
+        Self::connect_path(server.socket_path(), name)
+    }
+
+    /// Connects to the socket at `path`.
+    pub fn connect_path(path: &std::path::Path, name: &str) -> Tenant {
+        let mut client = Client::connect(path).expect("connect");
         assert_eq!(client.handshake(name, 2).expect("handshake"), 2);
         let args = ResourceArgs::texture_2d(64, 64).with_handle(1);
         let (handle, fd) = client

@@ -430,7 +430,17 @@ impl Broker {
             l.socket = None;
         }
         self.admin = None;
-        self.waiting.clear();
+        // Accepted connections that have not sent their first byte are not
+        // dropped: they get a worker if they speak within the grace period.
+        // Connections not yet accepted stay queued in the listening socket
+        // (kept open by systemd under socket activation) for the next broker.
+        if !self.waiting.is_empty() {
+            info!(
+                waiting = self.waiting.len(),
+                "connections waiting for their first byte get the grace period too"
+            );
+        }
+        self.workers.forget_ready();
         for (pid, w) in self.workers.iter() {
             if matches!(w.role, Role::Pool { .. }) {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
@@ -806,6 +816,14 @@ impl Broker {
         }
         if let Some(deadline) = self.stopping {
             if now >= deadline && self.terminated_at.is_none() {
+                if !self.waiting.is_empty() {
+                    info!(
+                        connections = self.waiting.len(),
+                        "grace period over: closing connections that never sent a byte"
+                    );
+                    self.counters.closed_before_first_byte += self.waiting.len() as u64;
+                    self.waiting.clear();
+                }
                 let serving = self.workers.pids();
                 if !serving.is_empty() {
                     info!(workers = serving.len(), "grace period over: ending workers");

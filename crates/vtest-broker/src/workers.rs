@@ -148,6 +148,11 @@ impl Workers {
         None
     }
 
+    /// Pool workers are being stopped: none may be handed a client.
+    pub(crate) fn forget_ready(&mut self) {
+        self.ready.clear();
+    }
+
     /// Reads every queued message from worker `pid`.
     pub(crate) fn drain(&mut self, pid: u32) {
         let Some(worker) = self.by_pid.get_mut(&pid) else {
