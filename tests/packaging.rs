@@ -23,7 +23,8 @@
 //!    Kubernetes manifests' structure.
 //! 6. A Debian 12 root with systemd and the .deb boots in systemd-nspawn:
 //!    socket activation, notify, watchdog, journald, hardening, the worker
-//!    sandbox and a restart, checked from inside the running system.
+//!    sandbox and a restart with a client connected and another arriving,
+//!    checked from inside the running system.
 //!
 //! They need root (chroot, namespaces) and the tools of
 //! scripts/install-deps.sh; run them one at a time:
