@@ -25,8 +25,9 @@ out=target/packages
 rm -rf "$gen" "$out"
 mkdir -p "$gen" "$out"
 bin=target/release/vtestd
-"$bin" man > "$gen/vtestd.1"
-gzip -9n < "$gen/vtestd.1" > "$gen/vtestd.1.gz"
+# vtestd.1 and one page per subcommand (vtestd-serve.1, ...), which it names.
+"$bin" man --dir "$gen/man"
+gzip -9nk "$gen"/man/*.1
 "$bin" completions bash > "$gen/vtestd.bash"
 "$bin" completions zsh > "$gen/_vtestd"
 "$bin" completions fish > "$gen/vtestd.fish"

@@ -29,8 +29,12 @@ pub enum Command {
     /// Write a Container Device Interface spec, so that
     /// `podman run --device vtestd.dev/gpu=default` injects the socket and environment.
     Cdi(CdiArgs),
-    /// Print the man page (roff).
-    Man,
+    /// Print the man page (roff), or write one per subcommand into a directory.
+    Man {
+        /// Write vtestd.1 and vtestd-SUBCOMMAND.1 here instead of printing vtestd.1.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]

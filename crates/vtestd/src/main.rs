@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         cli::Command::Status(args) => report(admin::status(args)),
         cli::Command::Metrics(args) => report(admin::metrics(args)),
         cli::Command::Cdi(args) => report(cdi::run(args)),
-        cli::Command::Man => report(docs::man()),
+        cli::Command::Man { dir } => report(docs::man(dir.as_deref())),
         cli::Command::Completions { shell } => report(docs::completions(shell)),
         cli::Command::Worker(args) => {
             logging::init("vtestd-worker");
