@@ -280,13 +280,15 @@ fn status_reflects_a_client_and_then_its_exit_reason() {
 #[test]
 fn the_hang_watchdog_kills_a_worker_without_progress() {
     let config = "[server]\nhang_timeout_secs = 2\n";
-    let path = common::server::unique_dir("hang").join("vtestd.toml");
+    let dir = common::server::unique_dir("hang");
+    let path = dir.join("vtestd.toml");
     fs::write(&path, config).unwrap();
-    let server = Server::start_with_env(
+    let mut server = Server::start_with_env(
         common::server::ServerKind::Vtestd,
         &[&format!("--config={}", path.display())],
         &[("VTESTD_TEST_FAKE_HANG", "1")],
     );
+    server.also_remove(dir);
     let mut c = Client::connect(server.socket_path()).unwrap();
     c.handshake("stuck", 2).unwrap();
     c.submit_cmd(&[]).unwrap();
@@ -302,12 +304,14 @@ fn the_hang_watchdog_kills_a_worker_without_progress() {
 
 #[test]
 fn sighup_reloads_limits_for_new_connections() {
-    let path = common::server::unique_dir("reload").join("vtestd.toml");
+    let dir = common::server::unique_dir("reload");
+    let path = dir.join("vtestd.toml");
     fs::write(&path, with_limits("max_resources = 100")).unwrap();
-    let server = Server::start_with(
+    let mut server = Server::start_with(
         common::server::ServerKind::Vtestd,
         &[&format!("--config={}", path.display())],
     );
+    server.also_remove(dir);
     let mut before = Client::connect(server.socket_path()).unwrap();
     before.handshake("before", 2).unwrap();
     fs::write(&path, with_limits("max_resources = 2")).unwrap();

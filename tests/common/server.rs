@@ -169,6 +169,11 @@ impl Server {
     }
 
     /// The socket the server listens on.
+    /// Removes `dir` (a test's own files) together with the server's.
+    pub fn also_remove(&mut self, dir: PathBuf) {
+        self.extra_dirs.push(dir);
+    }
+
     pub fn socket_path(&self) -> &Path {
         &self.socket
     }
