@@ -76,3 +76,29 @@ impl SessionError {
         text
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::errno::Errno;
+
+    #[test]
+    fn running_out_is_told_apart_from_io() {
+        let kind = |errno: Errno| match SessionError::system(CommandId::SyncWait, errno.into()) {
+            SessionError::WorkerExhausted { resource, .. } => resource,
+            SessionError::Io(_) => "io",
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(kind(Errno::EMFILE), "file descriptors");
+        assert_eq!(kind(Errno::ENFILE), "file descriptors");
+        assert_eq!(kind(Errno::ENOMEM), "memory");
+        assert_eq!(kind(Errno::EPIPE), "io");
+        let e = SessionError::system(CommandId::SyncWait, Errno::EMFILE.into());
+        assert!(
+            e.chain()
+                .starts_with("SyncWait: the worker ran out of file descriptors: "),
+            "{}",
+            e.chain()
+        );
+    }
+}

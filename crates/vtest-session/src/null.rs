@@ -32,9 +32,21 @@ pub struct NullBackend {
     ring_fences: Vec<ContextFence>,
     /// Every command dword submitted, for assertions.
     pub submitted_dwords: usize,
+    memory_limit: Option<usize>,
+    out_of_memory: bool,
 }
 
 impl NullBackend {
+    /// A backend with `bytes` of renderer memory, behaving as virglrenderer
+    /// at a worker's memory limit: a resource past it is still created, and
+    /// an out-of-memory report waits for [`Backend::take_out_of_memory`].
+    pub fn with_memory_limit(bytes: usize) -> Self {
+        NullBackend {
+            memory_limit: Some(bytes),
+            ..NullBackend::default()
+        }
+    }
+
     fn resource(&mut self, handle: u32) -> Result<&mut NullResource, BackendError> {
         self.resources
             .get_mut(&handle)
@@ -44,6 +56,14 @@ impl NullBackend {
     /// Live resources (to check that a session released them).
     pub fn live_resources(&self) -> usize {
         self.resources.len()
+    }
+
+    /// Accounts `size` more bytes against `memory_limit`.
+    fn charge(&mut self, size: usize) {
+        let used: usize = self.resources.values().map(|r| r.contents.len()).sum();
+        if self.memory_limit.is_some_and(|limit| used + size > limit) {
+            self.out_of_memory = true;
+        }
     }
 }
 
@@ -93,6 +113,7 @@ impl Backend for NullBackend {
             return Err(BackendError::new("resource_create", "zero width"));
         }
         let size = backing.as_ref().map_or(64, |b| b.len());
+        self.charge(size);
         self.resources.insert(
             args.handle,
             NullResource {
@@ -126,6 +147,10 @@ impl Backend for NullBackend {
 
     fn resource_export_blob(&mut self, _handle: u32) -> Result<OwnedFd, BackendError> {
         Err(BackendError::new("resource_export_blob", "unsupported"))
+    }
+
+    fn take_out_of_memory(&mut self) -> bool {
+        std::mem::take(&mut self.out_of_memory)
     }
 
     fn resource_unref(&mut self, handle: u32) {

@@ -19,13 +19,16 @@ struct Peer {
 }
 
 fn start(limits: SessionLimits) -> Peer {
+    start_with(NullBackend::default(), limits)
+}
+
+fn start_with(backend: NullBackend, limits: SessionLimits) -> Peer {
     let (client, server) = UnixStream::pair().unwrap();
     client
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     let handle = std::thread::spawn(move || {
-        let mut session =
-            Session::new(NullBackend::default(), server, limits).map_err(SessionError::Io)?;
+        let mut session = Session::new(backend, server, limits).map_err(SessionError::Io)?;
         session.run()
     });
     Peer {
@@ -353,6 +356,35 @@ fn resource_limits_end_the_client() {
             ..
         }
     ));
+}
+
+/// The renderer carries on after a failed allocation; the session ends the
+/// client, naming what ran out, on the request that hit it.
+#[test]
+fn renderer_out_of_memory_ends_the_client() {
+    let backend = NullBackend::with_memory_limit(3 * 4096);
+    let mut p = start_with(backend, SessionLimits::default());
+    p.handshake(2);
+    for h in 1..=3 {
+        p.send(Request::ResourceCreate2 {
+            args: texture(h),
+            data_size: 4096,
+        });
+        drop(p.recv_fd());
+    }
+    p.send(Request::ResourceCreate2 {
+        args: texture(4),
+        data_size: 4096,
+    });
+    match p.expect_error() {
+        SessionError::WorkerExhausted {
+            command, resource, ..
+        } => {
+            assert_eq!(command, vtest_protocol::CommandId::ResourceCreate2);
+            assert_eq!(resource, "memory");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
