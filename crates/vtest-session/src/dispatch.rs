@@ -170,7 +170,7 @@ impl<B: Backend> Dispatcher<B> {
             // client's rendering is incomplete from here: end it, saying why.
             return Err(SessionError::WorkerExhausted {
                 command,
-                resource: "memory",
+                resource: crate::WorkerResource::Memory,
                 source: std::io::Error::new(
                     std::io::ErrorKind::OutOfMemory,
                     "the renderer reported GL_OUT_OF_MEMORY",

@@ -4,6 +4,24 @@ use vtest_protocol::{CommandId, ProtocolError};
 
 use crate::BackendError;
 
+/// A process limit of the worker that a client's requests can exhaust.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerResource {
+    /// RLIMIT_NOFILE (`worker_open_files`).
+    FileDescriptors,
+    /// RLIMIT_DATA (`worker_memory_mib`).
+    Memory,
+}
+
+impl std::fmt::Display for WorkerResource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WorkerResource::FileDescriptors => "file descriptors",
+            WorkerResource::Memory => "memory",
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error("renderer context could not be created")]
@@ -19,7 +37,7 @@ pub enum SessionError {
     #[error("{command:?}: the worker ran out of {resource}")]
     WorkerExhausted {
         command: CommandId,
-        resource: &'static str,
+        resource: WorkerResource,
         #[source]
         source: std::io::Error,
     },
@@ -53,8 +71,8 @@ impl SessionError {
     pub fn system(command: CommandId, source: std::io::Error) -> SessionError {
         use nix::errno::Errno;
         let resource = match source.raw_os_error().map(Errno::from_raw) {
-            Some(Errno::EMFILE | Errno::ENFILE) => "file descriptors",
-            Some(Errno::ENOMEM) => "memory",
+            Some(Errno::EMFILE | Errno::ENFILE) => WorkerResource::FileDescriptors,
+            Some(Errno::ENOMEM) => WorkerResource::Memory,
             _ => return SessionError::Io(source),
         };
         SessionError::WorkerExhausted {
@@ -85,8 +103,8 @@ mod tests {
     #[test]
     fn running_out_is_told_apart_from_io() {
         let kind = |errno: Errno| match SessionError::system(CommandId::SyncWait, errno.into()) {
-            SessionError::WorkerExhausted { resource, .. } => resource,
-            SessionError::Io(_) => "io",
+            SessionError::WorkerExhausted { resource, .. } => resource.to_string(),
+            SessionError::Io(_) => "io".to_string(),
             other => panic!("{other:?}"),
         };
         assert_eq!(kind(Errno::EMFILE), "file descriptors");

@@ -19,7 +19,7 @@ mod syncs;
 mod virgl;
 
 pub use backend::{Backend, BackendError, ContextFence};
-pub use error::SessionError;
+pub use error::{SessionError, WorkerResource};
 pub use limits::SessionLimits;
 pub use null::{NullBackend, NULL_BAD_COMMAND};
 pub use session::Session;

@@ -381,7 +381,7 @@ fn renderer_out_of_memory_ends_the_client() {
             command, resource, ..
         } => {
             assert_eq!(command, vtest_protocol::CommandId::ResourceCreate2);
-            assert_eq!(resource, "memory");
+            assert_eq!(resource, vtest_session::WorkerResource::Memory);
         }
         other => panic!("{other:?}"),
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 use vtest_control::{expect_one_fd, BrokerMsg, Channel, ExitReason, Limits, WorkerMsg};
 use vtest_renderer::Renderer;
-use vtest_session::{Session, SessionError, SessionLimits, VirglBackend};
+use vtest_session::{Session, SessionError, SessionLimits, VirglBackend, WorkerResource};
 
 use crate::cli::WorkerArgs;
 use crate::sandbox;
@@ -191,13 +191,16 @@ fn exit_reason(e: &SessionError, reason: String, limits: &vtest_sandbox::Rlimits
         },
         SessionError::Io(_) => ExitReason::IoError { reason },
         SessionError::WorkerExhausted { resource, .. } => {
-            let limit = match *resource {
-                "memory" => format!("worker_memory_mib = {}", limits.data_bytes >> 20),
-                "file descriptors" => format!("worker_open_files = {}", limits.open_files),
-                _ => String::new(),
+            let limit = match resource {
+                WorkerResource::Memory => {
+                    format!("worker_memory_mib = {}", limits.data_bytes >> 20)
+                }
+                WorkerResource::FileDescriptors => {
+                    format!("worker_open_files = {}", limits.open_files)
+                }
             };
             ExitReason::WorkerExhausted {
-                resource: (*resource).to_string(),
+                resource: resource.to_string(),
                 reason: format!("{reason} ({limit})"),
             }
         }
