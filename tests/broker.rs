@@ -251,6 +251,9 @@ fn status_reflects_a_client_and_then_its_exit_reason() {
             && client["stats"]["shm_bytes"] == 3 * 4096
             && client["worker_pid"].as_u64().is_some()
             && client["uid"] == 0
+            // The worker's memory, read from /proc: Mesa alone is tens of MiB.
+            && client["memory"]["rss_kib"].as_u64().is_some_and(|k| k > 10 << 10)
+            && client["memory"]["data_kib"].as_u64().is_some_and(|k| k > 1 << 10)
     };
     assert!(eventually(10, shows_resources), "{}", server.status());
     // A bad request ends it; status tells why.

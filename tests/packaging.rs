@@ -1196,6 +1196,9 @@ main=$(systemctl show -p MainPID --value vtestd.service)
 old_workers=$(cat /proc/$main/task/*/children)
 check workers-before-restart "$(echo $old_workers | wc -w)"
 check gears-before-restart "$(kill -0 $gears 2>/dev/null && echo running || echo ended)"
+# Its worker's memory, as the broker reads it through ProtectProc=invisible.
+sg vtestd-admin -c 'vtestd status --json' > /tmp/status-gears.json
+check gears-memory "$(tr -d ' \n' < /tmp/status-gears.json | grep -o '"rss_kib":[0-9]*' | head -1 | cut -d: -f2)"
 inode=$(stat -c %i /run/vtestd/vtest.sock)
 # A client arriving while the old broker winds down: queued, then served.
 (sleep 1; client alice > /tmp/during-restart.txt) &
@@ -1350,6 +1353,11 @@ fn the_packaged_service_runs_under_systemd_in_a_booted_container() {
         context()
     );
     expect("old-workers-left", "0");
+    assert!(
+        c["gears-memory"].parse::<u64>().unwrap_or(0) > 10 << 10,
+        "status shows no memory for the glxgears worker\n{}",
+        context()
+    );
     expect("grace-logged", "1");
     assert!(
         c["alice-during-restart"].contains("virgl"),

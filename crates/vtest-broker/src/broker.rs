@@ -752,13 +752,9 @@ impl Broker {
             .collect();
         for (pid, w) in self.workers.iter() {
             if let Role::Serving { client, since } = &w.role {
-                clients.push(client_status(
-                    client,
-                    "serving",
-                    Some(pid),
-                    *since,
-                    w.stats.clone(),
-                ));
+                let mut c = client_status(client, "serving", Some(pid), *since, w.stats.clone());
+                c.memory = crate::procfs::worker_memory(pid);
+                clients.push(c);
             }
         }
         clients.sort_by_key(|c| c.client_id);
@@ -863,5 +859,6 @@ fn client_status(
         worker_pid: worker,
         connected_secs: since.elapsed().as_secs_f64(),
         stats,
+        memory: None,
     }
 }

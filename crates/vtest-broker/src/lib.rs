@@ -17,6 +17,7 @@ pub mod config;
 mod error;
 mod listener;
 mod notify;
+mod procfs;
 mod spawn;
 pub mod status;
 mod workers;

@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 use vtest_control::SessionStats;
 
+pub use crate::procfs::WorkerMemory;
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub version: String,
@@ -44,6 +46,8 @@ pub struct ClientStatus {
     pub worker_pid: Option<u32>,
     pub connected_secs: f64,
     pub stats: SessionStats,
+    /// The worker's memory now (`None`: waiting, or not visible in /proc).
+    pub memory: Option<WorkerMemory>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -228,7 +232,7 @@ impl Status {
             let _ = writeln!(
                 out,
                 "  #{:<5} {:8} worker {:>7}  peer pid {:>7} uid {:>5} gid {:>5}  {:10} {:>7.1} s  \
-                 resources {:>6}  shm {:>10} B  commands {:>8}  fences {}/{}",
+                 resources {:>6}  shm {:>10} B  commands {:>8}  fences {}/{}  memory {}",
                 c.client_id,
                 c.state,
                 worker,
@@ -241,7 +245,12 @@ impl Status {
                 c.stats.shm_bytes,
                 c.stats.commands,
                 c.stats.fences_completed,
-                c.stats.fences_submitted
+                c.stats.fences_submitted,
+                c.memory.map_or("-".to_string(), |m| format!(
+                    "{} MiB (data {} MiB)",
+                    m.rss_kib >> 10,
+                    m.data_kib >> 10
+                ))
             );
         }
         let _ = writeln!(out, "\nworker exits:");
