@@ -523,7 +523,7 @@ fn worker_processes(broker: u32) -> Vec<u32> {
 fn broker_restart_under_socket_activation_loses_no_queued_client() {
     use common::activation::Activation;
     use nix::sys::signal::Signal::{SIGKILL, SIGTERM};
-    let act = Activation::new("shutdown_grace_secs = 2", 1);
+    let act = Activation::new("shutdown_grace_secs = 3", 1);
     let mut a = act.start_broker("a");
     let mut x = Tenant::connect_path(&act.socket, "x");
     x.round_trip(1);
