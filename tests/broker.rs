@@ -360,3 +360,86 @@ fn check_config_validates_and_prints() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("surprise"));
     let _ = fs::remove_dir_all(dir);
 }
+
+/// CPU time (user + system) of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    // After the command name: state is field 3, utime 14, stime 15.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// A broker out of fds (here: its limit lowered to 40 while 60 clients
+/// connect and stay silent) neither spins on the readable socket nor floods
+/// the log: accepting pauses, with one log line, the connections wait in
+/// the backlog, and once fds are free they are accepted and served.
+#[test]
+fn a_broker_out_of_fds_pauses_accepting_and_catches_up() {
+    let config = "[server]\nmax_clients = 200\nmax_clients_per_uid = 200\n";
+    let server = Server::start_with_config(config, &[]);
+    let pid = server.pid();
+    let lowered = Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg("--nofile=40:4096")
+        .status()
+        .expect("run prlimit");
+    assert!(lowered.success());
+    let mut silent: Vec<UnixStream> = (0..60)
+        .map(|_| UnixStream::connect(server.socket_path()).expect("connect: backlog"))
+        .collect();
+    assert!(eventually(5, || server
+        .log_text()
+        .contains("accept failed")));
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let spent = cpu_ticks(pid) - before;
+    assert!(spent < 30, "the broker spun: {spent} ticks of CPU in 2 s");
+    let log = server.log_text();
+    assert_eq!(
+        log.matches("accept failed").count(),
+        1,
+        "one line per streak of failures:\n{log}"
+    );
+    assert!(log.contains("Too many open files"), "{log}");
+    // Fds come back as silent clients leave; the backlog is worked off.
+    silent.truncate(10);
+    let mut fresh = Client::connect(server.socket_path()).unwrap();
+    fresh.set_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(
+        fresh.handshake("fresh", 2).expect("served after the pause"),
+        2
+    );
+    fresh.ping().unwrap();
+    assert!(eventually(5, || server
+        .log_text()
+        .contains("accepting again")));
+    assert!(server.status()["listeners"][0]["waiting"].as_u64() <= Some(10));
+}
+
+/// Workers inherit the broker's hard fd limit: a `worker_open_files` above
+/// it would make every worker fail, so the broker refuses to start.
+#[test]
+fn worker_open_files_above_the_hard_limit_is_refused_at_start() {
+    let dir = common::server::unique_dir("hard-limit");
+    let out = Command::new("prlimit")
+        .arg("--nofile=512:512")
+        .arg(common::server::vtestd_bin())
+        .arg("serve")
+        .arg(format!("--socket-path={}", dir.join("s").display()))
+        .arg(format!("--admin-socket={}", dir.join("a").display()))
+        .arg("--pool=0")
+        .output()
+        .expect("run vtestd under prlimit");
+    let _ = fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started with 1024 > 512: {err}");
+    assert!(
+        err.contains("worker_open_files 1024 is above this process's hard open files limit 512"),
+        "{err}"
+    );
+}

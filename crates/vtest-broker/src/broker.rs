@@ -32,6 +32,10 @@ const POOL_BACKOFF: Duration = Duration::from_secs(2);
 /// After the grace period, workers get SIGTERM and then this long.
 const KILL_AFTER: Duration = Duration::from_secs(2);
 
+/// After a failed accept (EMFILE: the connection stays in the backlog and
+/// the socket stays readable), the socket is left alone this long.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(250);
+
 /// Rewrites a loaded configuration (command-line flags over the file).
 pub type Overrides = Box<dyn Fn(&mut Config)>;
 
@@ -54,6 +58,42 @@ struct ListenerState {
     command: WorkerCommand,
     limits: vtest_control::Limits,
     backoff_until: Option<Instant>,
+    accept: AcceptPause,
+}
+
+/// Accepting on a socket paused after failures, so that a broker out of fds
+/// neither spins on a readable socket nor floods the log: one line when it
+/// starts failing, one when it accepts again.
+#[derive(Default)]
+struct AcceptPause {
+    until: Option<Instant>,
+    failures: u64,
+    since: Option<Instant>,
+}
+
+impl AcceptPause {
+    fn paused(&self, now: Instant) -> bool {
+        self.until.is_some_and(|u| now < u)
+    }
+
+    fn failed(&mut self, socket: &str, e: &std::io::Error) {
+        let now = Instant::now();
+        if self.failures == 0 {
+            error!(socket, error = %e, pause_ms = ACCEPT_PAUSE.as_millis() as u64,
+                   "accept failed; new connections wait in the backlog");
+            self.since = Some(now);
+        }
+        self.failures += 1;
+        self.until = Some(now + ACCEPT_PAUSE);
+    }
+
+    fn succeeded(&mut self, socket: &str) {
+        if self.failures > 0 {
+            let secs = self.since.map_or(0.0, |t| t.elapsed().as_secs_f64());
+            info!(socket, failures = self.failures, secs, "accepting again");
+        }
+        *self = AcceptPause::default();
+    }
 }
 
 /// A client that has not sent a byte yet: it costs no worker.
@@ -76,6 +116,7 @@ pub struct Broker {
     settings: BrokerConfig,
     listeners: Vec<ListenerState>,
     admin: Option<Listener>,
+    admin_accept: AcceptPause,
     admin_gid: Option<Gid>,
     signals: SignalFd,
     workers: Workers,
@@ -127,10 +168,50 @@ fn worker_command(
     }
 }
 
+/// The broker holds one fd per connection and per worker: the soft limit
+/// goes up to the hard one (the event loop uses poll, not select), and a
+/// configuration that may need more is named at start.
+fn raise_fd_limit(config: &Config) -> Result<(), BrokerError> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    check_worker_fd_limit(config)?;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return Ok(());
+    };
+    let mut limit = soft;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        debug!(from = soft, to = hard, "open files limit raised");
+        limit = hard;
+    }
+    let pools: u64 = config.listeners.iter().map(|l| u64::from(l.pool)).sum();
+    let needed = u64::from(config.server.max_clients) + pools + 64;
+    if needed > limit {
+        warn!(
+            limit,
+            needed,
+            max_clients = config.server.max_clients,
+            "the open files limit may not hold max_clients; connections beyond it \
+               wait in the backlog"
+        );
+    }
+    Ok(())
+}
+
+/// Workers set their fd limit (soft = hard) under the broker's hard limit,
+/// which they inherit: above it, none could start.
+fn check_worker_fd_limit(config: &Config) -> Result<(), BrokerError> {
+    use nix::sys::resource::{getrlimit, Resource};
+    let wanted = config.server.worker_open_files;
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((_, hard)) if wanted > hard => Err(BrokerError::WorkerFdLimit { wanted, hard }),
+        _ => Ok(()),
+    }
+}
+
 impl Broker {
     /// Binds every listener and the admin socket, and sets up signals
     /// (SIGINT, SIGTERM, SIGHUP and SIGCHLD arrive through a signalfd).
     pub fn new(mut settings: BrokerConfig) -> Result<Broker, BrokerError> {
+        raise_fd_limit(&settings.config)?;
         let mut mask = SigSet::empty();
         for s in [
             Signal::SIGINT,
@@ -148,6 +229,7 @@ impl Broker {
         let mut broker = Broker {
             listeners: Vec::new(),
             admin: None,
+            admin_accept: AcceptPause::default(),
             admin_gid: None,
             signals,
             workers: Workers::default(),
@@ -253,6 +335,7 @@ impl Broker {
                 command,
                 limits,
                 backoff_until: None,
+                accept: AcceptPause::default(),
             });
         }
         Ok(())
@@ -329,18 +412,25 @@ impl Broker {
     }
 
     fn wait(&self) -> Result<Vec<Event>, BrokerError> {
+        let now = Instant::now();
         let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
         let mut events = vec![Event::Signal];
         for (i, l) in self.listeners.iter().enumerate() {
-            if let Some(s) = &l.socket {
+            if let Some(s) = l.socket.as_ref().filter(|_| !l.accept.paused(now)) {
                 fds.push(PollFd::new(s.socket.as_fd(), PollFlags::POLLIN));
                 events.push(Event::Accept(i));
             }
         }
-        if let Some(a) = &self.admin {
+        if let Some(a) = self
+            .admin
+            .as_ref()
+            .filter(|_| !self.admin_accept.paused(now))
+        {
             fds.push(PollFd::new(a.socket.as_fd(), PollFlags::POLLIN));
             events.push(Event::Admin);
         }
+        let paused =
+            self.listeners.iter().any(|l| l.accept.paused(now)) || self.admin_accept.paused(now);
         for (pid, channel) in self.workers.channels() {
             fds.push(PollFd::new(channel.as_fd(), PollFlags::POLLIN));
             events.push(Event::Worker(pid));
@@ -361,7 +451,9 @@ impl Broker {
             .as_ref()
             .and_then(Notifier::interval)
             .map_or(1000, |i| i.as_millis().clamp(50, 1000) as u16);
-        let timeout = if timers {
+        let timeout = if paused {
+            PollTimeout::from(ACCEPT_PAUSE.as_millis().min(u128::from(tick)) as u16)
+        } else if timers {
             PollTimeout::from(tick)
         } else {
             PollTimeout::NONE
@@ -401,9 +493,13 @@ impl Broker {
 
     fn reload(&mut self) {
         let loaded = Config::load_or_default(self.settings.config_path.as_deref());
+        let loaded = loaded.map_err(|e| e.to_string()).and_then(|mut config| {
+            (self.settings.overrides)(&mut config);
+            check_worker_fd_limit(&config).map_err(|e| e.to_string())?;
+            Ok(config)
+        });
         match loaded {
-            Ok(mut config) => {
-                (self.settings.overrides)(&mut config);
+            Ok(config) => {
                 self.settings.config = config;
                 match self.apply_listeners() {
                     Ok(()) => info!("configuration reloaded (applies to new connections)"),
@@ -548,11 +644,16 @@ impl Broker {
                 return;
             };
             match socket.accept() {
-                Ok(Some(stream)) => self.admit(i, stream),
+                Ok(Some(stream)) => {
+                    let l = &mut self.listeners[i];
+                    l.accept.succeeded(&l.config.name);
+                    self.admit(i, stream);
+                }
                 Ok(None) => return,
                 Err(e) => {
-                    // EMFILE and friends: log and retry on the next event.
-                    error!(error = %e, "accept failed");
+                    // EMFILE and friends: the connection stays queued.
+                    let l = &mut self.listeners[i];
+                    l.accept.failed(&l.config.name, &e);
                     return;
                 }
             }
@@ -697,9 +798,12 @@ impl Broker {
     fn serve_admin(&mut self) {
         let Some(admin) = &self.admin else { return };
         let stream = match admin.accept() {
-            Ok(Some(s)) => s,
+            Ok(Some(s)) => {
+                self.admin_accept.succeeded("admin");
+                s
+            }
             Ok(None) => return,
-            Err(e) => return warn!(error = %e, "admin accept"),
+            Err(e) => return self.admin_accept.failed("admin", &e),
         };
         // The socket is mode 0660 with the admin group (0600 without one):
         // whoever could connect is root, our user, or in that group

@@ -16,4 +16,9 @@ pub enum BrokerError {
     EventLoop(#[source] nix::Error),
     #[error("signal handling")]
     Signals(#[source] nix::Error),
+    #[error(
+        "worker_open_files {wanted} is above this process's hard open files limit {hard} \
+         (systemd: LimitNOFILE=); no worker could start"
+    )]
+    WorkerFdLimit { wanted: u64, hard: u64 },
 }
