@@ -597,3 +597,36 @@ fn broker_restart_under_socket_activation_loses_no_queued_client() {
     );
     assert!(zombie_children(c.pid()).is_empty());
 }
+
+/// A compromised worker (simulated by a debug-build-only hook: the worker
+/// of client 2 sends `Stats` in a tight loop instead of serving) cannot
+/// keep the broker busy: past 64 messages in a second it is killed, the
+/// reason is logged, and everyone else is served as before.
+#[test]
+fn a_worker_flooding_the_control_channel_is_killed() {
+    let server = Server::start_with_env(
+        ServerKind::Vtestd,
+        &[],
+        &[("VTESTD_TEST_CONTROL_FLOOD", "2")],
+    );
+    let mut a = Arena::with_server(server);
+    let mut c = a.raw();
+    c.send_raw(&wire::create_renderer("flood")).unwrap();
+    c.send_raw(&wire::message(cmd::PING_PROTOCOL_VERSION, &[]))
+        .unwrap();
+    let got = c.expect_disconnect(Duration::from_secs(10));
+    assert!(got.is_ok(), "the flooding worker was not ended: {got:?}");
+    a.tenant_round_trip();
+    a.fresh_during();
+    assert!(eventually(5, || a.server.status()["recent_exits"]
+        .as_array()
+        .is_some_and(|e| e.iter().any(
+            |x| x["client_id"] == 2 && x["category"] == "protocol_error"
+        ))));
+    a.finish(
+        "a compromised worker flooding the broker's control channel",
+        Outcome::new("EOF for its client")
+            .log("control channel flooded; killing worker")
+            .log("control channel flooded (a compromised worker?); killed"),
+    );
+}

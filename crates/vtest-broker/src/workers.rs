@@ -28,9 +28,17 @@ pub(crate) struct Worker {
     reason: Option<ExitReason>,
     /// Last time the GPU work made progress (or there was none pending).
     progress_at: Instant,
-    killed_for_hang: bool,
+    /// Why the broker killed it: (category, text).
+    killed_for: Option<(&'static str, &'static str)>,
     pub(crate) cgroup: Option<std::path::PathBuf>,
+    /// Control messages in the current one-second window.
+    window: (Instant, u32),
 }
+
+/// A worker sends a handful of messages in its life plus one `Stats` a
+/// second; one sending more than this in a second is treated as
+/// compromised (a flood would keep the broker from everything else).
+const MAX_MESSAGES_PER_SEC: u32 = 64;
 
 /// How a worker ended, for counting.
 pub(crate) struct Ended {
@@ -60,8 +68,9 @@ impl Workers {
                 stats: SessionStats::default(),
                 reason: None,
                 progress_at: Instant::now(),
-                killed_for_hang: false,
+                killed_for: None,
                 cgroup: None,
+                window: (Instant::now(), 0),
             },
         );
     }
@@ -160,6 +169,19 @@ impl Workers {
         };
         while let Some(channel) = worker.channel.as_ref() {
             match channel.try_recv::<WorkerMsg>() {
+                Ok(Some(_)) if worker.flooding() => {
+                    warn!(
+                        worker = pid,
+                        limit = MAX_MESSAGES_PER_SEC,
+                        "control channel flooded; killing worker"
+                    );
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    worker.channel = None;
+                    worker.killed_for = Some((
+                        "protocol_error",
+                        "control channel flooded (a compromised worker?); killed",
+                    ));
+                }
                 Ok(Some((msg, _fds))) => {
                     if worker.record(pid, msg) {
                         self.ready
@@ -187,7 +209,7 @@ impl Workers {
                 continue;
             };
             let pending = w.stats.fences_submitted > w.stats.fences_completed;
-            if w.killed_for_hang || !pending || w.progress_at.elapsed() < timeout {
+            if w.killed_for.is_some() || !pending || w.progress_at.elapsed() < timeout {
                 continue;
             }
             warn!(
@@ -200,7 +222,7 @@ impl Workers {
                 "GPU work made no progress for {} s; killing worker",
                 timeout.as_secs()
             );
-            w.killed_for_hang = true;
+            w.killed_for = Some(("hang", "killed by the hang watchdog"));
             let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
         }
     }
@@ -261,6 +283,17 @@ impl Workers {
 }
 
 impl Worker {
+    /// Counts one more message; true past [`MAX_MESSAGES_PER_SEC`].
+    fn flooding(&mut self) -> bool {
+        let (start, n) = &mut self.window;
+        if start.elapsed() >= Duration::from_secs(1) {
+            *start = Instant::now();
+            *n = 0;
+        }
+        *n += 1;
+        *n > MAX_MESSAGES_PER_SEC
+    }
+
     /// Records a message; true when a pool worker just became ready.
     fn record(&mut self, pid: u32, msg: WorkerMsg) -> bool {
         match msg {
@@ -314,8 +347,8 @@ impl Worker {
 
     /// The category and text of how this worker ended.
     fn ending(&self, status: WaitStatus) -> (&'static str, String) {
-        if self.killed_for_hang {
-            return ("hang", "killed by the hang watchdog".into());
+        if let Some((category, text)) = self.killed_for {
+            return (category, text.into());
         }
         let reported = matches!(&self.reason, Some(ExitReason::ProtocolError { reason })
             if reason.starts_with("seccomp violation"));

@@ -123,6 +123,8 @@ pub fn run(args: WorkerArgs) -> ExitCode {
     );
     #[cfg(debug_assertions)]
     test_hooks::forbidden_syscall();
+    #[cfg(debug_assertions)]
+    test_hooks::control_flood(&channel, client.client_id);
     let backend = VirglBackend::new(renderer);
     let mut session = match Session::new(backend, stream, session_limits(&limits)) {
         Ok(s) => s,
@@ -235,6 +237,22 @@ mod test_hooks {
             stats.fences_submitted = stats.fences_completed + 1;
         }
         stats
+    }
+
+    /// `VTESTD_TEST_CONTROL_FLOOD=ID`: the worker of client ID behaves as
+    /// a compromised one flooding the broker with messages, until the
+    /// broker kills it.
+    pub fn control_flood(channel: &vtest_control::Channel, client_id: u64) {
+        let flood = std::env::var("VTESTD_TEST_CONTROL_FLOOD")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok());
+        if flood == Some(client_id) {
+            let stats = vtest_control::SessionStats::default();
+            while channel
+                .send(&vtest_control::WorkerMsg::Stats(stats.clone()), &[])
+                .is_ok()
+            {}
+        }
     }
 
     pub fn forbidden_syscall() {
