@@ -311,7 +311,7 @@ impl Worker {
             WorkerMsg::Stats(stats) => self.update(stats),
             WorkerMsg::Finished { stats, reason } => {
                 self.update(stats);
-                self.reason = Some(reason);
+                self.reason = Some(reason.printable());
             }
             WorkerMsg::SeccompViolation { syscall } => {
                 let name = vtest_sandbox::seccomp::syscall_name(syscall).unwrap_or("unknown");

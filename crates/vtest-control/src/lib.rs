@@ -18,4 +18,4 @@ pub mod messages;
 pub use channel::{expect_one_fd, Channel, MAX_FDS};
 pub use codec::{Envelope, MAX_MESSAGE, PROTOCOL_VERSION};
 pub use error::ControlError;
-pub use messages::{BrokerMsg, ClientInfo, ExitReason, Limits, SessionStats, WorkerMsg};
+pub use messages::{printable, BrokerMsg, ClientInfo, ExitReason, Limits, SessionStats, WorkerMsg};

@@ -113,6 +113,51 @@ pub enum ExitReason {
     },
 }
 
+/// `text` with control characters escaped (`\n`, `\u{1b}`), so that a
+/// string from a worker cannot forge or colour log lines.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+impl ExitReason {
+    /// The same reason with every string [`printable`]: what a worker says
+    /// is logged by the broker, and a compromised worker could say anything.
+    pub fn printable(self) -> ExitReason {
+        match self {
+            Self::ProtocolError { reason } => Self::ProtocolError {
+                reason: printable(&reason),
+            },
+            Self::RendererError { reason } => Self::RendererError {
+                reason: printable(&reason),
+            },
+            Self::LimitExceeded { limit, value, max } => Self::LimitExceeded {
+                limit: printable(&limit),
+                value,
+                max,
+            },
+            Self::IoError { reason } => Self::IoError {
+                reason: printable(&reason),
+            },
+            Self::WorkerExhausted { resource, reason } => Self::WorkerExhausted {
+                resource: printable(&resource),
+                reason: printable(&reason),
+            },
+            Self::InitFailed { reason } => Self::InitFailed {
+                reason: printable(&reason),
+            },
+            Self::ClientDisconnected | Self::Shutdown => self,
+        }
+    }
+}
+
 impl fmt::Display for ExitReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -133,6 +178,24 @@ impl fmt::Display for ExitReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reasons_from_a_worker_cannot_forge_log_lines() {
+        let forged = ExitReason::ProtocolError {
+            reason: "x\n2001-01-01T00:00:00Z  INFO forged\u{1b}[31m".into(),
+        }
+        .printable()
+        .to_string();
+        assert!(
+            !forged.contains('\n') && !forged.contains('\u{1b}'),
+            "{forged}"
+        );
+        assert!(
+            forged.contains("x\\n2001") && forged.contains("\\u{1b}[31m"),
+            "{forged}"
+        );
+        assert_eq!(printable("plain text: ok"), "plain text: ok");
+    }
 
     #[test]
     fn exit_reason_display_is_short_and_specific() {
