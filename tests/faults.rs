@@ -630,3 +630,35 @@ fn a_worker_flooding_the_control_channel_is_killed() {
             .log("control channel flooded (a compromised worker?); killed"),
     );
 }
+
+/// Workers log through a pipe the broker reads: a compromised worker that
+/// writes fake broker lines (a timestamp, a level, a terminal escape) to
+/// its stderr gets them relayed as its own lines, prefixed and escaped,
+/// never as lines of the broker.
+#[test]
+fn a_worker_cannot_forge_broker_log_lines() {
+    let server = Server::start_with_env(ServerKind::Vtestd, &[], &[("VTESTD_TEST_FORGE_LOG", "2")]);
+    let mut a = Arena::with_server(server);
+    let mut c = a.hs("forger", 2);
+    c.ping().unwrap();
+    drop(c);
+    assert!(eventually(5, || a.log().contains("forged")));
+    a.tenant_round_trip();
+    let log = a.log();
+    let forged: Vec<&str> = log.lines().filter(|l| l.contains("forged")).collect();
+    assert!(
+        !log.lines().any(|l| l.starts_with("2001-01-01")),
+        "a worker wrote a line of its own into the broker's log:\n{log}"
+    );
+    assert!(!log.contains('\x1b'), "a worker put an escape in the log");
+    assert!(
+        forged
+            .iter()
+            .all(|l| l.contains("| 2001-01-01") && l.contains("worker=")),
+        "relayed lines carry the worker's prefix and pid: {forged:?}"
+    );
+    a.finish(
+        "a compromised worker writing fake broker log lines to its stderr",
+        Outcome::new("(served)").log("| 2001-01-01T00:00:00.000000Z  WARN client ended: forged"),
+    );
+}

@@ -108,6 +108,7 @@ enum Event {
     Accept(usize),
     Admin,
     Worker(u32),
+    WorkerLog(u32),
     Waiting(usize),
 }
 
@@ -182,8 +183,9 @@ fn raise_fd_limit(config: &Config) -> Result<(), BrokerError> {
         debug!(from = soft, to = hard, "open files limit raised");
         limit = hard;
     }
+    // Per worker: its control channel and its stderr pipe.
     let pools: u64 = config.listeners.iter().map(|l| u64::from(l.pool)).sum();
-    let needed = u64::from(config.server.max_clients) + pools + 64;
+    let needed = 2 * (u64::from(config.server.max_clients) + pools) + 64;
     if needed > limit {
         warn!(
             limit,
@@ -383,6 +385,7 @@ impl Broker {
                     Event::Accept(i) => self.accept_all(i),
                     Event::Admin => self.serve_admin(),
                     Event::Worker(pid) => self.workers.drain(pid),
+                    Event::WorkerLog(pid) => self.workers.relay_log(pid),
                     Event::Waiting(i) => self.check_waiting(i),
                 }
             }
@@ -434,6 +437,10 @@ impl Broker {
         for (pid, channel) in self.workers.channels() {
             fds.push(PollFd::new(channel.as_fd(), PollFlags::POLLIN));
             events.push(Event::Worker(pid));
+        }
+        for (pid, log) in self.workers.logs(now) {
+            fds.push(PollFd::new(log, PollFlags::POLLIN));
+            events.push(Event::WorkerLog(pid));
         }
         for (i, w) in self.waiting.iter().enumerate() {
             fds.push(PollFd::new(w.stream.as_fd(), PollFlags::POLLIN));
@@ -614,8 +621,8 @@ impl Broker {
                 return None;
             }
         };
-        let pid = match l.command.spawn(theirs.into_fd(), uid) {
-            Ok(p) => p,
+        let (pid, log) = match l.command.spawn(theirs.into_fd(), uid) {
+            Ok(spawned) => spawned,
             Err(e) => {
                 error!(listener = %l.config.name, error = %e, "cannot start a worker");
                 return None;
@@ -623,7 +630,7 @@ impl Broker {
         };
         let name = l.config.name.clone();
         self.counters.workers_started += 1;
-        self.workers.insert(pid, &name, ours, role);
+        self.workers.insert(pid, &name, ours, log, role);
         if let Some(cg) = &self.cgroups {
             match cg.add(pid) {
                 Ok(dir) => {

@@ -6,6 +6,8 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+
 /// Environment variables passed through to workers (Mesa and logging knobs);
 /// everything else is dropped.
 const PASSED_PREFIXES: &[&str] = &[
@@ -36,15 +38,22 @@ pub struct WorkerCommand {
 impl WorkerCommand {
     /// Starts a worker whose stdin is its end of the control channel.
     ///
-    /// stdin is the one inherited fd (besides stderr for logs), which avoids
-    /// passing fd numbers around; stdout is /dev/null.
-    pub(crate) fn spawn(&self, control: OwnedFd, client_uid: u32) -> std::io::Result<u32> {
+    /// stdin is the one inherited fd, which avoids passing fd numbers
+    /// around; stdout is /dev/null; stderr is a pipe whose read end is
+    /// returned (non-blocking): the broker relays the worker's log lines,
+    /// escaped, so that a compromised worker cannot write into the
+    /// broker's log (or journal stream) as the broker.
+    pub(crate) fn spawn(
+        &self,
+        control: OwnedFd,
+        client_uid: u32,
+    ) -> std::io::Result<(u32, OwnedFd)> {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
             .env_clear()
             .stdin(Stdio::from(control))
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::piped());
         for (key, value) in std::env::vars_os() {
             let Some(name) = key.to_str() else { continue };
             // Test hooks exist only in debug builds (never in packages).
@@ -72,8 +81,19 @@ impl WorkerCommand {
                 cmd.env("MESA_SHADER_CACHE_DISABLE", "true");
             }
         }
-        let child = cmd.spawn()?;
+        let mut child = cmd.spawn()?;
+        let log = OwnedFd::from(
+            child
+                .stderr
+                .take()
+                .ok_or_else(|| std::io::Error::other("no stderr pipe for the worker"))?,
+        );
+        let flags = fcntl(&log, FcntlArg::F_GETFL)?;
+        fcntl(
+            &log,
+            FcntlArg::F_SETFL(OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK),
+        )?;
         // Reaped through SIGCHLD by pid; dropping `Child` neither waits nor kills.
-        Ok(child.id())
+        Ok((child.id(), log))
     }
 }

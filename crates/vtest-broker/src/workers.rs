@@ -2,6 +2,7 @@
 //! workers serving one.
 
 use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -33,7 +34,24 @@ pub(crate) struct Worker {
     pub(crate) cgroup: Option<std::path::PathBuf>,
     /// Control messages in the current one-second window.
     window: (Instant, u32),
+    /// The read end of the worker's stderr; `None` after EOF.
+    log: Option<WorkerLog>,
 }
+
+/// A worker's stderr, relayed line by line into the broker's log.
+struct WorkerLog {
+    fd: OwnedFd,
+    /// The start of a line not yet complete.
+    partial: Vec<u8>,
+    /// Bytes relayed in the current one-second window.
+    window: (Instant, usize),
+}
+
+/// Bytes of a worker's stderr relayed per second; past it the pipe is left
+/// alone until the next second (the worker blocks on its own writes).
+const MAX_LOG_BYTES_PER_SEC: usize = 64 << 10;
+/// Longer lines are cut into pieces of this size.
+const MAX_LOG_LINE: usize = 2048;
 
 /// A worker sends a handful of messages in its life plus one `Stats` a
 /// second; one sending more than this in a second is treated as
@@ -58,7 +76,14 @@ pub(crate) struct Workers {
 }
 
 impl Workers {
-    pub(crate) fn insert(&mut self, pid: u32, listener: &str, channel: Channel, role: Role) {
+    pub(crate) fn insert(
+        &mut self,
+        pid: u32,
+        listener: &str,
+        channel: Channel,
+        log: OwnedFd,
+        role: Role,
+    ) {
         self.by_pid.insert(
             pid,
             Worker {
@@ -71,6 +96,11 @@ impl Workers {
                 killed_for: None,
                 cgroup: None,
                 window: (Instant::now(), 0),
+                log: Some(WorkerLog {
+                    fd: log,
+                    partial: Vec::new(),
+                    window: (Instant::now(), 0),
+                }),
             },
         );
     }
@@ -157,6 +187,57 @@ impl Workers {
         None
     }
 
+    /// (pid, stderr) of workers whose log pipe is open and within its budget.
+    pub(crate) fn logs(&self, now: Instant) -> impl Iterator<Item = (u32, BorrowedFd<'_>)> {
+        self.by_pid.iter().filter_map(move |(pid, w)| {
+            let log = w.log.as_ref()?;
+            let (start, bytes) = log.window;
+            let over = bytes >= MAX_LOG_BYTES_PER_SEC
+                && now.duration_since(start) < Duration::from_secs(1);
+            (!over).then(|| (*pid, log.fd.as_fd()))
+        })
+    }
+
+    /// Relays what worker `pid` wrote to its stderr: each complete line goes
+    /// into the broker's log with `worker=PID`, control characters escaped.
+    pub(crate) fn relay_log(&mut self, pid: u32) {
+        let Some(w) = self.by_pid.get_mut(&pid) else {
+            return;
+        };
+        let Some(log) = w.log.as_mut() else { return };
+        let mut buf = [0u8; 16 << 10];
+        loop {
+            if log.window.0.elapsed() >= Duration::from_secs(1) {
+                log.window = (Instant::now(), 0);
+            }
+            if log.window.1 >= MAX_LOG_BYTES_PER_SEC {
+                return;
+            }
+            match nix::unistd::read(&log.fd, &mut buf) {
+                Ok(0) => {
+                    let rest = std::mem::take(&mut log.partial);
+                    relay_line(pid, &rest);
+                    w.log = None;
+                    return;
+                }
+                Ok(n) => {
+                    log.window.1 += n;
+                    log.partial.extend_from_slice(&buf[..n]);
+                    while let Some(end) = log.partial.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = log.partial.drain(..=end).collect();
+                        relay_line(pid, &line);
+                    }
+                    while log.partial.len() >= MAX_LOG_LINE {
+                        let piece: Vec<u8> = log.partial.drain(..MAX_LOG_LINE).collect();
+                        relay_line(pid, &piece);
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return, // EAGAIN: all read for now.
+            }
+        }
+    }
+
     /// Pool workers are being stopped: none may be handed a client.
     pub(crate) fn forget_ready(&mut self) {
         self.ready.clear();
@@ -232,6 +313,19 @@ impl Workers {
         let pid = status.pid()?;
         let pid_u = pid.as_raw() as u32;
         self.drain(pid_u);
+        // Its last lines are in the pipe: before the line saying it ended.
+        if let Some(log) = self.by_pid.get_mut(&pid_u).and_then(|w| w.log.as_mut()) {
+            log.window = (Instant::now(), 0);
+        }
+        self.relay_log(pid_u);
+        if let Some(rest) = self
+            .by_pid
+            .get_mut(&pid_u)
+            .and_then(|w| w.log.take())
+            .map(|l| l.partial)
+        {
+            relay_line(pid_u, &rest);
+        }
         let w = self.by_pid.remove(&pid_u)?;
         let (category, text) = w.ending(status);
         let ended_at = Instant::now();
@@ -384,5 +478,14 @@ fn category(reason: &ExitReason) -> &'static str {
         ExitReason::WorkerExhausted { .. } => "worker_exhausted",
         ExitReason::Shutdown => "shutdown",
         ExitReason::InitFailed { .. } => "init_failed",
+    }
+}
+
+/// One line of a worker's stderr into the broker's log.
+fn relay_line(pid: u32, line: &[u8]) {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim();
+    if !text.is_empty() {
+        info!(worker = pid, "| {}", vtest_control::printable(text));
     }
 }

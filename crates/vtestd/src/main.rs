@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         cli::Command::Man { dir } => report(docs::man(dir.as_deref())),
         cli::Command::Completions { shell } => report(docs::completions(shell)),
         cli::Command::Worker(args) => {
-            logging::init("vtestd-worker");
+            logging::init(logging::WORKER);
             worker::run(args)
         }
     }

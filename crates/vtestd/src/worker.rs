@@ -125,6 +125,8 @@ pub fn run(args: WorkerArgs) -> ExitCode {
     test_hooks::forbidden_syscall();
     #[cfg(debug_assertions)]
     test_hooks::control_flood(&channel, client.client_id);
+    #[cfg(debug_assertions)]
+    test_hooks::forge_log_line(client.client_id);
     let backend = VirglBackend::new(renderer);
     let mut session = match Session::new(backend, stream, session_limits(&limits)) {
         Ok(s) => s,
@@ -252,6 +254,22 @@ mod test_hooks {
                 .send(&vtest_control::WorkerMsg::Stats(stats.clone()), &[])
                 .is_ok()
             {}
+        }
+    }
+
+    /// `VTESTD_TEST_FORGE_LOG=ID`: the worker of client ID writes what a
+    /// compromised one would to make the broker's log lie: a line break,
+    /// a fake broker line with a timestamp, and a terminal escape.
+    pub fn forge_log_line(client_id: u64) {
+        use std::io::Write;
+        let forge = std::env::var("VTESTD_TEST_FORGE_LOG")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok());
+        if forge == Some(client_id) {
+            let _ = std::io::stderr().write_all(
+                b"\n2001-01-01T00:00:00.000000Z  INFO stopped\x1b[2J\n\
+                  2001-01-01T00:00:00.000000Z  WARN client ended: forged",
+            );
         }
     }
 
