@@ -503,6 +503,12 @@ fn an_idle_pool_does_not_delay_shutdown() {
         took < Duration::from_secs(3) && !log.contains("did not stop"),
         "stopping with an idle pool took {took:?}; log:\n{log}"
     );
+    // A clean stop is not a warning: the broker ended its pool itself.
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ")).collect();
+    assert!(
+        warnings.is_empty(),
+        "a clean stop logged warnings: {warnings:?}"
+    );
 }
 
 /// Every process of a broker's worker trees (reapers and sandboxed servers).

@@ -300,10 +300,21 @@ impl Broker {
             if let Some(existing) = self.listeners.iter_mut().find(|l| l.config.name == lc.name) {
                 if existing.command.args != command.args {
                     // New backend: the pool's workers were started for the old one.
-                    for (pid, w) in self.workers.iter() {
-                        if w.listener == lc.name && matches!(w.role, Role::Pool { .. }) {
-                            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-                        }
+                    let old_pool: Vec<u32> = self
+                        .workers
+                        .iter()
+                        .filter(|(_, w)| {
+                            w.listener == lc.name && matches!(w.role, Role::Pool { .. })
+                        })
+                        .map(|(pid, _)| pid)
+                        .collect();
+                    for pid in old_pool {
+                        self.workers.end(
+                            pid,
+                            Signal::SIGTERM,
+                            "shutdown",
+                            "replaced after a reload",
+                        );
                     }
                 }
                 existing.config = lc.clone();
@@ -544,10 +555,19 @@ impl Broker {
             );
         }
         self.workers.forget_ready();
-        for (pid, w) in self.workers.iter() {
-            if matches!(w.role, Role::Pool { .. }) {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-            }
+        let pool: Vec<u32> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| matches!(w.role, Role::Pool { .. }))
+            .map(|(pid, _)| pid)
+            .collect();
+        for pid in pool {
+            self.workers.end(
+                pid,
+                Signal::SIGTERM,
+                "shutdown",
+                "pool worker ended by the stop",
+            );
         }
         self.stopping = Some(Instant::now() + grace);
     }
@@ -936,7 +956,12 @@ impl Broker {
                     info!(workers = serving.len(), "grace period over: ending workers");
                 }
                 for pid in serving {
-                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+                    self.workers.end(
+                        pid,
+                        Signal::SIGTERM,
+                        "shutdown",
+                        "ended by the broker's stop after the grace period",
+                    );
                 }
                 self.terminated_at = Some(now);
             }

@@ -238,6 +238,21 @@ impl Workers {
         }
     }
 
+    /// Ends worker `pid` with `signal` on the broker's behalf; its end is
+    /// then counted and logged as `category` with `text`, not as a signal.
+    pub(crate) fn end(
+        &mut self,
+        pid: u32,
+        signal: Signal,
+        category: &'static str,
+        text: &'static str,
+    ) {
+        if let Some(w) = self.by_pid.get_mut(&pid) {
+            w.killed_for.get_or_insert((category, text));
+            let _ = kill(Pid::from_raw(pid as i32), signal);
+        }
+    }
+
     /// Pool workers are being stopped: none may be handed a client.
     pub(crate) fn forget_ready(&mut self) {
         self.ready.clear();
