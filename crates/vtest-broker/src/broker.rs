@@ -300,22 +300,8 @@ impl Broker {
             if let Some(existing) = self.listeners.iter_mut().find(|l| l.config.name == lc.name) {
                 if existing.command.args != command.args {
                     // New backend: the pool's workers were started for the old one.
-                    let old_pool: Vec<u32> = self
-                        .workers
-                        .iter()
-                        .filter(|(_, w)| {
-                            w.listener == lc.name && matches!(w.role, Role::Pool { .. })
-                        })
-                        .map(|(pid, _)| pid)
-                        .collect();
-                    for pid in old_pool {
-                        self.workers.end(
-                            pid,
-                            Signal::SIGTERM,
-                            "shutdown",
-                            "replaced after a reload",
-                        );
-                    }
+                    self.workers
+                        .end_pool(Some(&lc.name), "replaced after a reload");
                 }
                 existing.config = lc.clone();
                 existing.command = command;
@@ -555,20 +541,7 @@ impl Broker {
             );
         }
         self.workers.forget_ready();
-        let pool: Vec<u32> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| matches!(w.role, Role::Pool { .. }))
-            .map(|(pid, _)| pid)
-            .collect();
-        for pid in pool {
-            self.workers.end(
-                pid,
-                Signal::SIGTERM,
-                "shutdown",
-                "pool worker ended by the stop",
-            );
-        }
+        self.workers.end_pool(None, "pool worker ended by the stop");
         self.stopping = Some(Instant::now() + grace);
     }
 

@@ -253,6 +253,21 @@ impl Workers {
         }
     }
 
+    /// Ends the pool workers of `listener` (of every listener: `None`) with
+    /// SIGTERM, counted as a shutdown.
+    pub(crate) fn end_pool(&mut self, listener: Option<&str>, text: &'static str) {
+        let pool: Vec<u32> = self
+            .by_pid
+            .iter()
+            .filter(|(_, w)| matches!(w.role, Role::Pool { .. }))
+            .filter(|(_, w)| listener.is_none_or(|l| w.listener == l))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in pool {
+            self.end(pid, Signal::SIGTERM, "shutdown", text);
+        }
+    }
+
     /// Pool workers are being stopped: none may be handed a client.
     pub(crate) fn forget_ready(&mut self) {
         self.ready.clear();
