@@ -49,6 +49,11 @@ fn main() {
         .unwrap_or_else(|_| panic!("no seccomp support for {arch_name}"));
     let common_path = dir.join("common.json");
     let common = read(&common_path);
+    let families = families(&read(&dir.join("families.json")));
+    let known: BTreeSet<String> = syscall_table(&arch_name)
+        .into_iter()
+        .map(|(_, name)| name)
+        .collect();
     let mut out = String::new();
     for profile in ["llvmpipe", "gpu"] {
         let path = dir.join(format!("{profile}.json"));
@@ -57,6 +62,7 @@ fn main() {
         for phase in ["init", "steady"] {
             let mut list = rules(&common, phase, &common_path).clone();
             list.extend(rules(&extra, phase, &path).iter().cloned());
+            expand_families(&mut list, &families, &known, profile);
             let allowed = names(&list);
             if phase == "init" {
                 init_names = allowed.clone();
@@ -81,7 +87,11 @@ fn main() {
             writeln!(out, "];").unwrap();
         }
     }
-    for (file, konst) in [("no-clone3.json", "NO_CLONE3"), ("reaper.json", "REAPER")] {
+    for (file, konst) in [
+        ("no-clone3.json", "NO_CLONE3"),
+        ("no-open.json", "NO_OPEN"),
+        ("reaper.json", "REAPER"),
+    ] {
         let filter = read(&dir.join(file));
         let wrapped = json!({ "f": without_comment(&filter) });
         let compiled = seccompiler::compile_from_json(wrapped.to_string().as_bytes(), arch)
@@ -95,6 +105,70 @@ fn main() {
     writeln!(out, "];").unwrap();
     let dest = PathBuf::from(env::var("OUT_DIR").unwrap()).join("policies.rs");
     fs::write(dest, out).unwrap();
+}
+
+/// `families.json`: lists of system calls that do one operation.
+fn families(file: &Value) -> Vec<Vec<String>> {
+    file["families"]
+        .as_array()
+        .expect("families.json: missing \"families\" list")
+        .iter()
+        .map(|f| {
+            f.as_array()
+                .expect("families.json: a family is a list")
+                .iter()
+                .map(|n| n.as_str().expect("families.json: a name").to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// Adds every member of a family (that this architecture has) wherever a
+/// rule allows one member without argument filters. A family member named
+/// with argument filters is refused: members place their arguments
+/// differently (`open`'s path is `openat`'s second argument).
+fn expand_families(
+    list: &mut Vec<Value>,
+    families: &[Vec<String>],
+    known: &BTreeSet<String>,
+    profile: &str,
+) {
+    let unfiltered: BTreeSet<String> = list
+        .iter()
+        .filter(|r| r.get("args").is_none())
+        .map(|r| {
+            r["syscall"]
+                .as_str()
+                .expect("rule without syscall")
+                .to_string()
+        })
+        .collect();
+    let filtered: BTreeSet<String> = list
+        .iter()
+        .filter(|r| r.get("args").is_some())
+        .map(|r| {
+            r["syscall"]
+                .as_str()
+                .expect("rule without syscall")
+                .to_string()
+        })
+        .collect();
+    let all = names(list);
+    for family in families {
+        if let Some(f) = family.iter().find(|n| filtered.contains(*n)) {
+            panic!("{profile}: {f} has argument filters but is in the family {family:?}");
+        }
+        if !family.iter().any(|n| unfiltered.contains(n)) {
+            continue;
+        }
+        for member in family {
+            // Without a name table (no uapi header) only the names written.
+            let on_this_arch = known.contains(member);
+            if on_this_arch && !all.contains(member) {
+                list.push(json!({ "syscall": member, "comment": "same operation as its family" }));
+            }
+        }
+    }
 }
 
 /// A filter file's own top-level comment is ours, not seccompiler's.

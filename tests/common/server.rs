@@ -28,6 +28,23 @@ impl ServerKind {
     }
 }
 
+/// The renderer backend both servers use: `VTESTD_TEST_BACKEND` =
+/// `surfaceless` (the default), `gles` or `render-node` (the first
+/// `/dev/dri/renderD*`, or `VTESTD_TEST_RENDER_NODE`), so that every suite
+/// can run on each backend.
+pub fn backend_args() -> Vec<String> {
+    match std::env::var("VTESTD_TEST_BACKEND").as_deref() {
+        Ok("gles") => vec!["--use-gles".into()],
+        Ok("render-node") => {
+            let node = std::env::var("VTESTD_TEST_RENDER_NODE")
+                .unwrap_or_else(|_| "/dev/dri/renderD128".into());
+            vec![format!("--rendernode={node}")]
+        }
+        Ok("surfaceless") | Err(_) => Vec::new(),
+        Ok(other) => panic!("VTESTD_TEST_BACKEND={other}: surfaceless, gles or render-node"),
+    }
+}
+
 /// Path of the vtestd binary cargo built for the integration tests.
 pub fn vtestd_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_vtestd"))
@@ -114,6 +131,7 @@ impl Server {
             }
         };
         cmd.arg(format!("--socket-path={}", socket.display()));
+        cmd.args(backend_args());
         cmd.args(extra);
         cmd.envs(env.iter().copied());
         cmd.stdin(Stdio::null());

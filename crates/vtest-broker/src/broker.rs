@@ -27,6 +27,9 @@ use crate::{admin, BrokerError, WorkerCommand};
 
 /// Recent client ends kept for `vtestd status`.
 const RECENT_EXITS: usize = 64;
+/// How long the start-up probe waits for a listener's first worker.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// After a pool worker fails to start, wait this long before the next.
 const POOL_BACKOFF: Duration = Duration::from_secs(2);
 /// After the grace period, workers get SIGTERM and then this long.
@@ -370,6 +373,7 @@ impl Broker {
     /// lets clients finish for the grace period, ends every worker and
     /// removes the sockets.
     pub fn run(mut self) -> Result<(), BrokerError> {
+        self.probe_listeners()?;
         if let Some(n) = &self.notifier {
             n.send("READY=1\nSTATUS=serving 0 clients");
             self.reported_clients = Some(0);
@@ -393,6 +397,60 @@ impl Broker {
                 return Ok(());
             }
         }
+    }
+
+    /// Before anyone is served, one worker per listener starts with the
+    /// listener's backend and sandbox, initialises its renderer (a
+    /// throwaway context included, see `vtestd worker`) and reports Ready.
+    /// A configuration whose workers cannot do that (a backend the host
+    /// lacks, a sandbox layer the renderer trips over) is refused here with
+    /// the worker's own reason, instead of ending every client. The probe
+    /// becomes the listener's first pool worker, or ends when the listener
+    /// keeps no pool.
+    fn probe_listeners(&mut self) -> Result<(), BrokerError> {
+        // Started like a pool worker (no client's uid yet).
+        let uid = 0;
+        for i in 0..self.listeners.len() {
+            if self.listeners[i].socket.is_none() {
+                continue;
+            }
+            let name = self.listeners[i].config.name.clone();
+            let cannot = |reason: String| BrokerError::WorkerCannotStart {
+                listener: name.clone(),
+                reason,
+            };
+            let pid = self
+                .spawn(i, Role::Pool { ready: false }, uid)
+                .ok_or_else(|| cannot("the worker process could not be started".into()))?;
+            let started = Instant::now();
+            while !self.workers.is_ready(pid) {
+                match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) => {}
+                    Ok(status) => {
+                        let text = self.workers.reaped(status).map(|e| e.text);
+                        return Err(cannot(text.unwrap_or_else(|| "it ended".into())));
+                    }
+                    Err(e) => return Err(cannot(format!("waitpid: {e}"))),
+                }
+                if started.elapsed() > PROBE_TIMEOUT {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    return Err(cannot(format!(
+                        "not ready after {} s",
+                        PROBE_TIMEOUT.as_secs()
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+                self.workers.drain(pid);
+                self.workers.relay_log(pid);
+            }
+            let config = &self.listeners[i].config;
+            info!(listener = %name, worker = pid, ms = started.elapsed().as_millis() as u64,
+                  "a worker started with this listener's configuration");
+            if config.pool == 0 || config.shader_cache_dir.is_some() {
+                self.workers.end_pool(Some(&name), "start-up probe done");
+            }
+        }
+        Ok(())
     }
 
     /// Tells systemd the client count when it changes, and pings its watchdog.

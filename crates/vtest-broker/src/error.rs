@@ -21,4 +21,9 @@ pub enum BrokerError {
          (systemd: LimitNOFILE=); no worker could start"
     )]
     WorkerFdLimit { wanted: u64, hard: u64 },
+    #[error(
+        "listener {listener}: its workers cannot start with this configuration on this host: \
+         {reason}"
+    )]
+    WorkerCannotStart { listener: String, reason: String },
 }

@@ -64,6 +64,8 @@ pub(crate) struct Ended {
     pub(crate) became_ready: bool,
     pub(crate) record: Option<ExitRecord>,
     pub(crate) category: &'static str,
+    /// Why, in words (what the exit record or log line says).
+    pub(crate) text: String,
     pub(crate) cgroup: Option<std::path::PathBuf>,
     pub(crate) ended_at: Instant,
 }
@@ -268,6 +270,13 @@ impl Workers {
         }
     }
 
+    /// Whether pool worker `pid` has reported Ready.
+    pub(crate) fn is_ready(&self, pid: u32) -> bool {
+        self.by_pid
+            .get(&pid)
+            .is_some_and(|w| matches!(w.role, Role::Pool { ready: true }))
+    }
+
     /// Pool workers are being stopped: none may be handed a client.
     pub(crate) fn forget_ready(&mut self) {
         self.ready.clear();
@@ -389,7 +398,7 @@ impl Workers {
                     uid: c.uid,
                     gid: c.gid,
                     category: category.to_string(),
-                    reason: text,
+                    reason: text.clone(),
                     secs_ago: 0.0,
                     stats: w.stats.clone(),
                 })
@@ -400,6 +409,7 @@ impl Workers {
             became_ready,
             record,
             category,
+            text,
             cgroup: w.cgroup,
             ended_at,
         })

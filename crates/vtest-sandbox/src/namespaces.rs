@@ -54,10 +54,12 @@ pub(crate) fn enter(root: &RootFs, report: &mut Vec<(Layer, Outcome)>) -> Result
         report.push((layer, outcome));
     }
     let outcome = match unshare(CloneFlags::CLONE_NEWNS) {
-        Ok(()) => {
-            minimal_root(root)?;
-            Outcome::Applied
-        }
+        Ok(()) => match minimal_root(root)? {
+            Root::Built => Outcome::Applied,
+            Root::NotAMountPoint => Outcome::Unavailable(
+                "the root directory is not a mount point (entered with chroot?)".into(),
+            ),
+        },
         Err(e) => Outcome::Unavailable(e.to_string()),
     };
     report.push((Layer::MountNamespace, outcome));
@@ -97,13 +99,26 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Sandbox
     move |source| SandboxError::Io { what, path, source }
 }
 
+/// What [`minimal_root`] could do.
+enum Root {
+    Built,
+    /// `/` is a directory inside a mount, not a mount itself: the process
+    /// was started under plain `chroot` (or a proot-like host). Nothing can
+    /// be made private or pivoted there, so nothing was changed.
+    NotAMountPoint,
+}
+
 /// Builds the root: a tmpfs with read-only binds, pivots into it, detaches
 /// the host's root, and makes the new root read-only.
-fn minimal_root(root: &RootFs) -> Result<(), SandboxError> {
+fn minimal_root(root: &RootFs) -> Result<Root, SandboxError> {
     let new_root = Path::new(NEW_ROOT);
     let none: Option<&str> = None;
-    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
-        .map_err(sys("make / private", Path::new("/")))?;
+    match mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none) {
+        Ok(()) => {}
+        // The kernel's answer for a target that is not a mount point.
+        Err(nix::errno::Errno::EINVAL) => return Ok(Root::NotAMountPoint),
+        Err(e) => return Err(sys("make / private", Path::new("/"))(e)),
+    }
     mount(
         Some("tmpfs"),
         new_root,
@@ -152,7 +167,7 @@ fn minimal_root(root: &RootFs) -> Result<(), SandboxError> {
         none,
     )
     .map_err(sys("remount / read-only", Path::new("/")))?;
-    Ok(())
+    Ok(Root::Built)
 }
 
 /// The flags of the mount at `target` that a remount must keep.

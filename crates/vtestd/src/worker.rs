@@ -32,6 +32,9 @@ impl From<Exit> for ExitCode {
     }
 }
 
+/// The context id of the start-up check; a client's context is id 1.
+const PROBE_CTX_ID: u32 = u32::MAX;
+
 /// Longest reason text sent to the broker (the control channel caps messages).
 const MAX_REASON: usize = 512;
 
@@ -86,14 +89,28 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         Ok(profile) => profile,
         Err(e) => return init_failed(&channel, "sandbox", e),
     };
-    let renderer = match Renderer::new(&args.renderer.options()) {
+    let mut renderer = match Renderer::new(&args.renderer.options()) {
         Ok(r) => r,
         Err(e) => return init_failed(&channel, "renderer", e.to_string()),
     };
+    // A throwaway context while files may still be opened: what a client's
+    // first CONTEXT_CREATE loads lazily (libepoxy's GLES library, Mesa's
+    // per-context configuration) is loaded now.
+    if let Err(e) = renderer.context_create(PROBE_CTX_ID, b"vtestd-warm-up") {
+        return init_failed(&channel, "renderer context", e.to_string());
+    }
+    renderer.context_destroy(PROBE_CTX_ID);
     if let Some(profile) = profile {
         if let Err(e) = vtest_sandbox::lock_down(profile) {
             return init_failed(&channel, "seccomp steady state", e.to_string());
         }
+        // And one under the steady filter, before Ready: a configuration
+        // the sandbox cannot serve fails here, at the broker's start-up
+        // probe, instead of at every client.
+        if let Err(e) = renderer.context_create(PROBE_CTX_ID, b"vtestd-check") {
+            return init_failed(&channel, "renderer context", e.to_string());
+        }
+        renderer.context_destroy(PROBE_CTX_ID);
     }
     let _ = channel.send(
         &WorkerMsg::Ready {
