@@ -42,10 +42,14 @@ mirror() {
 
 key() { printf '%s\n' "$suite" "${packages[@]}" | sha256sum | cut -c1-16; }
 
+# Under a lock (another test process may be making it), and only the
+# lock's own subshell holds it: clients entered later do not inherit it.
 make_root() {
   mkdir -p "$cache"
-  exec 9>"$cache/.lock"
-  flock 9
+  ( flock 9; build_root ) 9>"$cache/.lock"
+}
+
+build_root() {
   if [ -f "$root/.vtestd-root" ] && [ "$(cat "$root/.vtestd-root")" = "$(key)" ]; then
     return 0
   fi

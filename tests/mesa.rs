@@ -13,8 +13,8 @@ use std::fs;
 use std::time::Duration;
 
 use common::mesa::{
-    failure, glmark2_renderer, glmark2_score, mesa_command, run_client, run_piglit, work_dir,
-    PIGLIT_PROFILE,
+    failure, glmark2_renderer, glmark2_score, guest_command, mesa_command, run_client, run_piglit,
+    run_piglit_as, work_dir, Guest, PIGLIT_PROFILE,
 };
 use common::server::{Server, ServerKind};
 use common::xvfb::Xvfb;
@@ -223,5 +223,105 @@ fn piglit_sanity_matches_reference() {
     assert!(
         ours.failures() <= reference.failures(),
         "more piglit {PIGLIT_PROFILE} failures than the reference\n{detail}"
+    );
+}
+
+/// A container with a newer distribution than its host: Mesa 25 clients
+/// from the Debian 13 root against vtestd and against this host's
+/// reference, in one run. glmark2 (the scenes of `glmark2_short_run_scores`)
+/// scores through both, rendering virgl.
+#[test]
+fn debian13_guest_glmark2_through_vtestd_and_the_reference() {
+    let Some(_) = common::guest::debian13_root() else {
+        return;
+    };
+    let xvfb = Xvfb::start();
+    let mut scores = Vec::new();
+    for kind in [ServerKind::Vtestd, ServerKind::Reference] {
+        let server = Server::start(kind);
+        let dir = work_dir("glmark2-debian13");
+        let args = [
+            "--off-screen",
+            "-b",
+            "build:duration=2",
+            "-b",
+            "texture:duration=2",
+        ];
+        let cmd = guest_command(Guest::Debian13, &server, &xvfb, &dir, "glmark2", &args);
+        let out = run_client(cmd, &dir, "glmark2", Duration::from_secs(120));
+        assert!(
+            out.success(),
+            "{}",
+            failure("Mesa 25 glmark2 failed", &out, &server, &xvfb)
+        );
+        let renderer = glmark2_renderer(&out.stdout).unwrap_or_default();
+        assert!(
+            renderer.contains("virgl") && out.stdout.contains("Mesa 25"),
+            "{}",
+            failure(
+                &format!("not Mesa 25 through virgl: {renderer:?}"),
+                &out,
+                &server,
+                &xvfb
+            )
+        );
+        let score = glmark2_score(&out.stdout).unwrap_or(0);
+        assert!(
+            score > 0,
+            "{}",
+            failure("no positive glmark2 score", &out, &server, &xvfb)
+        );
+        for line in out.stdout.lines().filter(|l| l.contains("FPS:")) {
+            println!("Mesa 25 guest, {kind:?}: {}", line.trim());
+        }
+        scores.push(score);
+        let _ = fs::remove_dir_all(&dir);
+    }
+    println!(
+        "Mesa 25 guest glmark2 Score: vtestd {} reference {} (ratio {:.2})",
+        scores[0],
+        scores[1],
+        scores[0] as f64 / scores[1] as f64
+    );
+}
+
+/// The same guest's piglit `sanity`: vtestd passes at least what this
+/// host's reference passes, in one run.
+#[test]
+fn debian13_guest_piglit_sanity_matches_reference() {
+    let Some(_) = common::guest::debian13_root() else {
+        return;
+    };
+    let limit = Duration::from_secs(300);
+    let xvfb = Xvfb::start();
+    let run = |kind| {
+        let server = Server::start(kind);
+        run_piglit_as(&server, &xvfb, PIGLIT_PROFILE, limit, Guest::Debian13)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let ours = run(ServerKind::Vtestd);
+    let reference = run(ServerKind::Reference);
+    println!(
+        "Mesa 25 guest piglit {PIGLIT_PROFILE}, vtestd:    {}",
+        ours.summary()
+    );
+    println!(
+        "Mesa 25 guest piglit {PIGLIT_PROFILE}, reference: {}",
+        reference.summary()
+    );
+    let regressions: Vec<&str> = reference
+        .with_result("pass")
+        .into_iter()
+        .filter(|t| ours.tests.get(*t).map(String::as_str) != Some("pass"))
+        .collect();
+    assert!(
+        reference.count("pass") > 0,
+        "the reference passed nothing: setup broken"
+    );
+    assert!(
+        regressions.is_empty(),
+        "passing on the reference only: {regressions:?}\nvtestd: {}\nreference: {}",
+        ours.summary(),
+        reference.summary()
     );
 }

@@ -169,3 +169,70 @@ fn glmark2_runs_as_well_confined_as_not() {
     }
     println!("glmark2 score: sandbox on {}, off {}", scores[0], scores[1]);
 }
+
+/// Started under plain `chroot` (its root a directory, not a mount point,
+/// where the kernel also refuses user namespaces: proot- and Termux-like
+/// hosts, build chroots), a worker cannot pivot into a private root. It
+/// reports the layers it could not have and keeps the others, instead of
+/// failing every client at `make / private`.
+#[test]
+fn a_worker_under_plain_chroot_serves_with_the_layers_it_can_have() {
+    let dir = common::server::unique_dir("chroot");
+    let root = dir.join("root");
+    fs::create_dir_all(root.join("tmp")).unwrap();
+    let bin = common::server::vtestd_bin();
+    let bin_dir = bin.parent().unwrap();
+    let socket = root.join("tmp/sock");
+    // A root of binds (the directory itself stays a plain directory), the
+    // server started in it with chroot(8), all in a private mount namespace.
+    let script = r#"
+        set -e
+        R="$0"; B="$1"
+        for d in usr etc dev proc sys vtestd; do mkdir -p "$R/$d"; done
+        mount --bind /usr "$R/usr"
+        for l in lib lib64 bin sbin; do [ -L "/$l" ] && ln -s "$(readlink "/$l")" "$R/$l"; done
+        cp /etc/ld.so.cache "$R/etc/"; [ -e /etc/drirc ] && cp /etc/drirc "$R/etc/"
+        mount --rbind /dev "$R/dev"; mount -t proc proc "$R/proc"; mount --rbind /sys "$R/sys"
+        mount --bind "$B" "$R/vtestd"
+        exec chroot "$R" /vtestd/vtestd serve --socket-path=/tmp/sock --admin-socket=/tmp/admin.sock --pool=0
+    "#;
+    let log = dir.join("server.log");
+    let mut server = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script])
+        .arg(&root)
+        .arg(bin_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start vtestd under chroot");
+    let log_text = || fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        eventually(30, || log_text().contains("a worker started")),
+        "vtestd under chroot did not start a worker:\n{}",
+        log_text()
+    );
+    let mut client = Client::connect(&socket).expect("connect");
+    assert_eq!(client.handshake("chroot-test", 2).unwrap(), 2);
+    let args = ResourceArgs::texture_2d(16, 16).with_handle(1);
+    let (_, fd) = client.resource_create2(&args, 16 * 16 * 4).unwrap();
+    assert!(fd.is_some(), "a shared-memory resource under chroot");
+    assert!(client.busy_wait(1, true).is_ok());
+    drop(client);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = server.wait();
+    let text = log_text();
+    assert!(
+        text.contains("MountNamespace unavailable (the root directory is not a mount point"),
+        "the missing layer is named:\n{text}"
+    );
+    assert!(
+        text.contains("worker finished: client disconnected"),
+        "{text}"
+    );
+    assert!(!text.contains("worker initialisation failed"), "{text}");
+    let _ = fs::remove_dir_all(&dir);
+}

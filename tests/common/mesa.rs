@@ -259,12 +259,49 @@ pub fn run_piglit(
     profile: &str,
     limit: Duration,
 ) -> Result<PiglitResults, String> {
+    run_piglit_as(server, xvfb, profile, limit, Guest::Host)
+}
+
+/// Where a Mesa client comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guest {
+    /// This host's Mesa (22.3 on Debian 12), in a private mount namespace.
+    Host,
+    /// Mesa 25 from the Debian 13 root ([`super::guest`]).
+    Debian13,
+}
+
+/// `program args...` from `guest` against `server`; `dir` holds outputs.
+pub fn guest_command(
+    guest: Guest,
+    server: &Server,
+    xvfb: &Xvfb,
+    dir: &Path,
+    program: &str,
+    args: &[&str],
+) -> Command {
+    match guest {
+        Guest::Host => mesa_command(server, xvfb, program, args),
+        Guest::Debian13 => super::guest::debian13_command(server, xvfb, &[dir], program, args),
+    }
+}
+
+/// [`run_piglit`] with the client from `guest`.
+pub fn run_piglit_as(
+    server: &Server,
+    xvfb: &Xvfb,
+    profile: &str,
+    limit: Duration,
+    guest: Guest,
+) -> Result<PiglitResults, String> {
     let dir = work_dir("piglit");
     let results = dir.join("results");
     let results_s = results.to_str().expect("utf-8 path").to_string();
-    let cmd = mesa_command(
+    let cmd = guest_command(
+        guest,
         server,
         xvfb,
+        &dir,
         "piglit",
         &[
             "run",
@@ -284,9 +321,20 @@ pub fn run_piglit(
     if !out.success() {
         return Err(failure("`piglit run` failed", &out, server, xvfb));
     }
-    let summary = Command::new("piglit")
-        .args(["summary", "console"])
-        .arg(&results)
+    // The piglit that wrote the results reads them.
+    let mut summary = match guest {
+        Guest::Host => {
+            let mut c = Command::new("piglit");
+            c.args(["summary", "console"]).arg(&results);
+            c
+        }
+        Guest::Debian13 => {
+            let args = ["summary", "console", results_s.as_str()];
+            guest_command(guest, server, xvfb, &dir, "piglit", &args)
+        }
+    };
+    let summary = summary
+        .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("piglit summary console: {e}"))?;
     let text = String::from_utf8_lossy(&summary.stdout).into_owned();

@@ -4,6 +4,7 @@
 
 pub mod activation;
 pub mod arena;
+pub mod guest;
 pub mod mesa;
 pub mod procs;
 pub mod procstat;

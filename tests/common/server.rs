@@ -149,7 +149,36 @@ impl Server {
             extra_dirs: Vec::new(),
         };
         server.wait_ready();
+        if kind == ServerKind::Vtestd {
+            server.wait_probed(!extra.iter().any(|a| a.starts_with("--pool")));
+        }
         server
+    }
+
+    /// vtestd starts one worker per listener before it serves anyone (its
+    /// start-up probe). Waits for it, and without a pool for its end, so
+    /// that a test's view of the broker's children is its clients' workers.
+    fn wait_probed(&mut self, no_pool: bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self
+            .log_text()
+            .contains("a worker started with this listener's configuration")
+        {
+            if Instant::now() > deadline || !self.is_alive() {
+                panic!(
+                    "vtestd's start-up probe did not finish; log:\n{}",
+                    self.log_text()
+                );
+            }
+            sleep(Duration::from_millis(10));
+        }
+        if no_pool {
+            let pid = self.pid();
+            let until = Instant::now() + Duration::from_secs(5);
+            while !super::procs::children(pid).is_empty() && Instant::now() < until {
+                sleep(Duration::from_millis(10));
+            }
+        }
     }
 
     fn wait_ready(&mut self) {

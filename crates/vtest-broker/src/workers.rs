@@ -181,7 +181,10 @@ impl Workers {
         let queue = self.ready.get_mut(listener)?;
         while let Some(pid) = queue.pop_front() {
             if let Some(w) = self.by_pid.get(&pid) {
-                if w.channel.is_some() && matches!(w.role, Role::Pool { ready: true }) {
+                // Not one the broker is ending (a reload's old pool, the
+                // start-up probe): it would take the client down with it.
+                let usable = w.channel.is_some() && w.killed_for.is_none();
+                if usable && matches!(w.role, Role::Pool { ready: true }) {
                     return Some(pid);
                 }
             }
