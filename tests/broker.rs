@@ -443,3 +443,43 @@ fn worker_open_files_above_the_hard_limit_is_refused_at_start() {
         "{err}"
     );
 }
+
+/// A listener whose workers cannot start (here a render node the host does
+/// not have) is refused at start with the worker's reason, rather than
+/// accepted and failing every client.
+#[test]
+fn a_listener_whose_workers_cannot_start_is_refused_at_start() {
+    let dir = common::server::unique_dir("probe");
+    let socket = dir.join("s");
+    let mut child = Command::new(common::server::vtestd_bin())
+        .arg("serve")
+        .arg(format!("--socket-path={}", socket.display()))
+        .arg(format!("--admin-socket={}", dir.join("a").display()))
+        .arg("--pool=0")
+        .arg("--rendernode=/nonexistent/renderD128")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run vtestd");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "vtestd still running with an unusable render node"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let _ = fs::remove_dir_all(&dir);
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("listener default: its workers cannot start with this configuration"),
+        "{err}"
+    );
+    assert!(err.contains("cannot open render node"), "{err}");
+    assert!(!socket.exists(), "the refused socket is removed");
+}

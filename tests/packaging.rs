@@ -342,7 +342,7 @@ fn groups(root: &Path) -> Vec<(String, Vec<String>)> {
 }
 
 #[test]
-fn deb_installs_into_a_fresh_debian_12_root() {
+fn deb_installs_into_a_fresh_debian_root() {
     let p = packages();
     let dir = test_dir("deb-install");
     let root = fresh_root(&dir.join("root"));

@@ -19,8 +19,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 
-/// The Debian release and mirror of the test roots.
-pub const SUITE: &str = "bookworm";
+/// The Debian release of the test roots: this platform's (the Debian 13
+/// stage of `scripts/debian13.sh` sets `VTESTD_PLATFORM=debian13`).
+pub fn suite() -> &'static str {
+    match std::env::var("VTESTD_PLATFORM").as_deref() {
+        Ok("debian13") => "trixie",
+        _ => "bookworm",
+    }
+}
+
+/// The Debian mirror of the test roots.
 pub const MIRROR: &str = "http://deb.debian.org/debian";
 
 /// Mesa's client side, installed in the client root.
@@ -97,20 +105,21 @@ fn tail(s: &str) -> &str {
 
 /// The pristine minbase root, made once.
 pub fn base_root() -> PathBuf {
-    let root = cache_dir().join(format!("{SUITE}-minbase"));
+    let root = cache_dir().join(format!("{}-minbase", suite()));
     with_cache_lock(|| {
         if root.join("usr/bin/apt-get").exists() {
             return;
         }
-        let tmp = cache_dir().join(format!("{SUITE}-minbase.tmp"));
+        let tmp = cache_dir().join(format!("{}-minbase.tmp", suite()));
         remove_tree(&tmp);
         eprintln!(
-            "debootstrap --variant=minbase {SUITE} (once; cached in {})",
+            "debootstrap --variant=minbase {} (once; cached in {})",
+            suite(),
             root.display()
         );
         run(
             Command::new("debootstrap")
-                .args(["--variant=minbase", SUITE])
+                .args(["--variant=minbase", suite()])
                 .arg(&tmp)
                 .arg(MIRROR),
             "debootstrap",
@@ -151,17 +160,17 @@ pub fn copy_root(root: &Path, dest: &Path) -> PathBuf {
     dest.to_owned()
 }
 
-/// `target/packaging-cache/<SUITE>-<name>`: the minbase root plus
+/// `target/packaging-cache/<suite>-<name>`: the minbase root plus
 /// `packages`, made once (`marker` says it is complete).
 fn derived_root(name: &str, packages: &[&str], marker: &str) -> PathBuf {
-    let root = cache_dir().join(format!("{SUITE}-{name}"));
+    let root = cache_dir().join(format!("{}-{name}", suite()));
     let marker = root.join(marker);
     let base = base_root();
     with_cache_lock(|| {
         if marker.exists() {
             return;
         }
-        let tmp = cache_dir().join(format!("{SUITE}-{name}.tmp"));
+        let tmp = cache_dir().join(format!("{}-{name}.tmp", suite()));
         remove_tree(&tmp);
         eprintln!("installing {packages:?} into {} (once)", root.display());
         run(
