@@ -236,3 +236,31 @@ fn a_worker_under_plain_chroot_serves_with_the_layers_it_can_have() {
     assert!(!text.contains("worker initialisation failed"), "{text}");
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// A render node that gives Mesa no hardware driver (here /dev/null; on
+/// real hosts NVIDIA's proprietary driver) makes Mesa fall back to
+/// llvmpipe, whose JIT needs executable memory that the GPU profile
+/// forbids once serving: the worker notices and serves with the llvmpipe
+/// profile instead of dying at the client's first shader.
+#[test]
+fn a_render_node_without_a_hardware_renderer_is_served_with_the_llvmpipe_profile() {
+    let xvfb = Xvfb::start();
+    let server = Server::start_with(ServerKind::Vtestd, &["--rendernode=/dev/null"]);
+    let dir = common::mesa::work_dir("glmark2-fallback");
+    let cmd = common::mesa::mesa_command(
+        &server,
+        &xvfb,
+        "glmark2",
+        &["--off-screen", "-b", "shading:duration=1"],
+    );
+    let out = common::mesa::run_client(cmd, &dir, "glmark2", Duration::from_secs(120));
+    assert!(
+        out.success() && common::mesa::glmark2_score(&out.stdout).unwrap_or(0) > 0,
+        "{}",
+        common::mesa::failure("glmark2 on the fallback renderer", &out, &server, &xvfb)
+    );
+    let log = server.log_text();
+    assert!(log.contains("Mesa fell back to software"), "{log}");
+    assert!(!log.contains("seccomp violation"), "{log}");
+    let _ = fs::remove_dir_all(&dir);
+}

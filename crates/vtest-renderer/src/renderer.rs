@@ -614,6 +614,35 @@ impl Renderer {
         }
     }
 
+    /// The host GL's `GL_RENDERER` string (e.g. `llvmpipe (LLVM 15.0.6, 256
+    /// bits)` or a GPU's name), read through libepoxy, which virglrenderer
+    /// loads and which keeps virglrenderer's context current on this
+    /// thread. `None` when it cannot be read (no current context).
+    pub fn gl_renderer(&self) -> Option<String> {
+        const GL_RENDERER: u32 = 0x1F01;
+        type GetString = unsafe extern "C" fn(u32) -> *const std::ffi::c_char;
+        // SAFETY: looks up a symbol by a valid C name; nothing is called.
+        let slot = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"epoxy_glGetString".as_ptr()) };
+        if slot.is_null() {
+            return None;
+        }
+        // SAFETY: libepoxy exports `epoxy_glGetString` as a variable holding
+        // a `PFNGLGETSTRINGPROC` (initialised to its resolver), so the symbol
+        // is the address of a function pointer; it is read once.
+        let get: Option<GetString> = unsafe { *slot.cast::<Option<GetString>>() };
+        // SAFETY: glGetString(GL_RENDERER) on the thread that holds the
+        // renderer's context (Renderer is neither Send nor Sync); it returns
+        // NULL or a static NUL-terminated string owned by the driver.
+        let text = unsafe { get?(GL_RENDERER) };
+        if text.is_null() {
+            return None;
+        }
+        // SAFETY: non-null, NUL-terminated, valid while the context lives;
+        // copied at once.
+        let text = unsafe { std::ffi::CStr::from_ptr(text) };
+        Some(text.to_string_lossy().into_owned())
+    }
+
     /// `virgl_renderer_context_get_poll_fd(ctx_id)`; `None` for unknown
     /// contexts or when the context has no fd.
     pub fn context_poll_fd(&self, ctx_id: u32) -> Option<BorrowedFd<'_>> {

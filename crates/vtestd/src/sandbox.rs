@@ -2,7 +2,7 @@
 
 use std::os::fd::AsRawFd;
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use vtest_control::Channel;
 use vtest_sandbox::{Outcome, Profile, Rlimits, SandboxConfig};
 
@@ -40,4 +40,27 @@ pub fn confine(
         warn!(profile = ?config.profile, "worker sandbox weakened: {}", missing.join(", "));
     }
     Ok(Some(config.profile))
+}
+
+/// The steady-state profile for the renderer that actually runs. A worker
+/// given render nodes starts under the GPU profile (no executable memory
+/// once serving), but Mesa falls back to llvmpipe when the node has no
+/// Mesa driver (NVIDIA's proprietary driver, a node that is no GPU), and
+/// llvmpipe compiles every shader to machine code: under the GPU profile
+/// the first shader would kill the worker. Such a worker serves with the
+/// llvmpipe profile, and says so.
+pub fn steady_profile(configured: Profile, gl_renderer: Option<String>) -> Profile {
+    let software = gl_renderer
+        .as_deref()
+        .is_some_and(|r| r.starts_with("llvmpipe") || r.starts_with("softpipe"));
+    if configured == Profile::Gpu && software {
+        warn!(
+            renderer = gl_renderer.as_deref().unwrap_or_default(),
+            "the render node gives no hardware renderer (Mesa fell back to software): \
+             serving with the llvmpipe profile, whose JIT needs executable memory"
+        );
+        return Profile::Llvmpipe;
+    }
+    debug!(renderer = gl_renderer.as_deref().unwrap_or("unknown"), profile = ?configured, "steady profile");
+    configured
 }

@@ -100,6 +100,7 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         return init_failed(&channel, "renderer context", e.to_string());
     }
     renderer.context_destroy(PROBE_CTX_ID);
+    let profile = profile.map(|p| sandbox::steady_profile(p, renderer.gl_renderer()));
     if let Some(profile) = profile {
         if let Err(e) = vtest_sandbox::lock_down(profile) {
             return init_failed(&channel, "seccomp steady state", e.to_string());
