@@ -36,6 +36,18 @@ gzip -9nk "$gen"/man/*.1
 strip --strip-debug --strip-unneeded -o "$gen/vtestd" "$bin"
 
 cargo deb --locked -p vtestd --no-build --dbgsym --output "$out/"
+# dpkg-shlibdeps takes libvirglrenderer1's bound from its symbols file
+# (>= 0.9.0 for every symbol), but releases with that SONAME differ in
+# struct layouts and in what they offer (bindgen saw this build's headers):
+# the package needs at least the virglrenderer it was built against.
+built_against="$(pkg-config --modversion virglrenderer)"
+deb="$(ls "$out"/vtestd_*.deb)"
+unpacked="$(mktemp -d)"
+dpkg-deb -R "$deb" "$unpacked"
+sed -i -E "s/libvirglrenderer1 \(>= [^)]*\)/libvirglrenderer1 (>= $built_against)/" "$unpacked/DEBIAN/control"
+grep -q "libvirglrenderer1 (>= $built_against)" "$unpacked/DEBIAN/control"
+dpkg-deb --root-owner-group -Zxz -b "$unpacked" "$deb" >/dev/null
+rm -rf "$unpacked"
 # VTESTD_RPM_SIGNING_KEY: an armored PGP secret key to sign the .rpm with.
 cargo generate-rpm -p crates/vtestd --output "$out/" \
   ${VTESTD_RPM_SIGNING_KEY:+--signing-key "$VTESTD_RPM_SIGNING_KEY"}
