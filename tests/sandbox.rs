@@ -99,6 +99,45 @@ fn sandbox_off_is_loud_and_unconfined() {
     assert!(server.log_text().contains("UNCONFINED"));
 }
 
+/// A cache directory in the broker's environment is not handed to workers
+/// (it would be one writable directory shared by every client), and each
+/// worker's RLIMIT_FSIZE bounds its memfds at the listener's largest
+/// resource (`max_resource_mib` + 1 MiB).
+#[test]
+fn workers_get_no_shared_cache_directory_and_bounded_files() {
+    let cache = common::server::unique_dir("broker-cache");
+    let config = "[limits.default]\nmax_resource_mib = 64\n";
+    let dir = common::server::unique_dir("limits-config");
+    let path = dir.join("vtestd.toml");
+    fs::write(&path, config).unwrap();
+    let arg = format!("--config={}", path.display());
+    let cache_s = cache.display().to_string();
+    let server = Server::start_with_env(
+        ServerKind::Vtestd,
+        &[arg.as_str()],
+        &[("MESA_SHADER_CACHE_DIR", cache_s.as_str())],
+    );
+    let (_client, reaper) = connected(&server);
+    let worker = common::procs::children(reaper)[0];
+    let environ = fs::read(format!("/proc/{worker}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(!environ.contains("MESA_SHADER_CACHE_DIR"), "{environ}");
+    assert!(environ.contains("MESA_SHADER_CACHE_DISABLE=true"), "{environ}");
+    let limits = fs::read_to_string(format!("/proc/{worker}/limits")).unwrap();
+    let fsize = limits
+        .lines()
+        .find(|l| l.starts_with("Max file size"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .nth(3)
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(fsize, (65u64 << 20).to_string(), "{limits}");
+    assert_eq!(fs::read_dir(&cache).unwrap().count(), 0, "the worker wrote into it");
+    let _ = fs::remove_dir_all(&cache);
+    let _ = fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_seccomp_violation_is_reported_by_name() {
     let mut server = Server::start_with_env(
@@ -170,71 +209,110 @@ fn glmark2_runs_as_well_confined_as_not() {
     println!("glmark2 score: sandbox on {}, off {}", scores[0], scores[1]);
 }
 
-/// Started under plain `chroot` (its root a directory, not a mount point,
-/// where the kernel also refuses user namespaces: proot- and Termux-like
-/// hosts, build chroots), a worker cannot pivot into a private root. It
-/// reports the layers it could not have and keeps the others, instead of
-/// failing every client at `make / private`.
+/// A vtestd started under plain `chroot` in a root of binds (the directory
+/// itself not a mount point, where the kernel also refuses user
+/// namespaces: build chroots, proot- and Termux-like hosts), with `extra`
+/// arguments; its log is returned by [`Chrooted::log`].
+struct Chrooted {
+    dir: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl Chrooted {
+    fn start(extra: &str) -> Chrooted {
+        let dir = common::server::unique_dir("chroot");
+        let root = dir.join("root");
+        fs::create_dir_all(root.join("tmp")).unwrap();
+        let bin = common::server::vtestd_bin();
+        let script = r#"
+            set -e
+            R="$0"; B="$1"; X="$2"
+            for d in usr etc dev proc sys vtestd; do mkdir -p "$R/$d"; done
+            mount --bind /usr "$R/usr"
+            for l in lib lib64 bin sbin; do [ -L "/$l" ] && ln -s "$(readlink "/$l")" "$R/$l"; done
+            cp /etc/ld.so.cache "$R/etc/"; [ -e /etc/drirc ] && cp /etc/drirc "$R/etc/"
+            mount --rbind /dev "$R/dev"; mount -t proc proc "$R/proc"; mount --rbind /sys "$R/sys"
+            mount --bind "$B" "$R/vtestd"
+            exec chroot "$R" /vtestd/vtestd serve --socket-path=/tmp/sock --admin-socket=/tmp/admin.sock --pool=0 $X
+        "#;
+        let child = std::process::Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", script])
+            .arg(&root)
+            .arg(bin.parent().unwrap())
+            .arg(extra)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(fs::File::create(dir.join("server.log")).unwrap())
+            .spawn()
+            .expect("start vtestd under chroot");
+        Chrooted { dir, child }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    fn socket(&self) -> std::path::PathBuf {
+        self.dir.join("root/tmp/sock")
+    }
+}
+
+impl Drop for Chrooted {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The sandbox fails closed: under plain chroot the kernel refuses a user
+/// namespace and the root is no mount point, so by default vtestd refuses
+/// to serve, naming the layers.
+#[test]
+fn a_host_without_required_layers_is_refused_at_start() {
+    let mut server = Chrooted::start("");
+    let exited = eventually(30, || matches!(server.child.try_wait(), Ok(Some(_))));
+    let log = server.log();
+    assert!(exited, "vtestd served without its sandbox layers:\n{log}");
+    assert!(
+        log.contains("its workers cannot start with this configuration")
+            && log.contains("required sandbox layers unavailable on this host: user-namespace")
+            && log.contains("mount-namespace (the root directory is not a mount point"),
+        "{log}"
+    );
+}
+
+/// With the layers named in `sandbox_allow_missing` (here the flag), the
+/// same host is served with the layers it can have, and says which it lacks.
 #[test]
 fn a_worker_under_plain_chroot_serves_with_the_layers_it_can_have() {
-    let dir = common::server::unique_dir("chroot");
-    let root = dir.join("root");
-    fs::create_dir_all(root.join("tmp")).unwrap();
-    let bin = common::server::vtestd_bin();
-    let bin_dir = bin.parent().unwrap();
-    let socket = root.join("tmp/sock");
-    // A root of binds (the directory itself stays a plain directory), the
-    // server started in it with chroot(8), all in a private mount namespace.
-    let script = r#"
-        set -e
-        R="$0"; B="$1"
-        for d in usr etc dev proc sys vtestd; do mkdir -p "$R/$d"; done
-        mount --bind /usr "$R/usr"
-        for l in lib lib64 bin sbin; do [ -L "/$l" ] && ln -s "$(readlink "/$l")" "$R/$l"; done
-        cp /etc/ld.so.cache "$R/etc/"; [ -e /etc/drirc ] && cp /etc/drirc "$R/etc/"
-        mount --rbind /dev "$R/dev"; mount -t proc proc "$R/proc"; mount --rbind /sys "$R/sys"
-        mount --bind "$B" "$R/vtestd"
-        exec chroot "$R" /vtestd/vtestd serve --socket-path=/tmp/sock --admin-socket=/tmp/admin.sock --pool=0
-    "#;
-    let log = dir.join("server.log");
-    let mut server = std::process::Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", script])
-        .arg(&root)
-        .arg(bin_dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start vtestd under chroot");
-    let log_text = || fs::read_to_string(&log).unwrap_or_default();
+    let server = Chrooted::start("--sandbox-allow-missing=user-namespace,mount-namespace");
     assert!(
-        eventually(30, || log_text().contains("a worker started")),
+        eventually(30, || server.log().contains("a worker started")),
         "vtestd under chroot did not start a worker:\n{}",
-        log_text()
+        server.log()
     );
-    let mut client = Client::connect(&socket).expect("connect");
+    let mut client = Client::connect(server.socket()).expect("connect");
     assert_eq!(client.handshake("chroot-test", 2).unwrap(), 2);
     let args = ResourceArgs::texture_2d(16, 16).with_handle(1);
     let (_, fd) = client.resource_create2(&args, 16 * 16 * 4).unwrap();
     assert!(fd.is_some(), "a shared-memory resource under chroot");
     assert!(client.busy_wait(1, true).is_ok());
     drop(client);
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = server.wait();
-    let text = log_text();
+    assert!(eventually(10, || server
+        .log()
+        .contains("worker finished: client disconnected")));
+    let text = server.log();
     assert!(
-        text.contains("MountNamespace unavailable (the root directory is not a mount point"),
-        "the missing layer is named:\n{text}"
-    );
-    assert!(
-        text.contains("worker finished: client disconnected"),
-        "{text}"
+        text.contains("worker sandbox weakened (allowed by sandbox_allow_missing)")
+            && text
+                .contains("mount-namespace unavailable (the root directory is not a mount point"),
+        "the missing layers are named:\n{text}"
     );
     assert!(!text.contains("worker initialisation failed"), "{text}");
-    let _ = fs::remove_dir_all(&dir);
 }
 
 /// A render node that gives Mesa no hardware driver (here /dev/null; on

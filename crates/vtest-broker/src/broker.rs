@@ -18,7 +18,7 @@ use tracing::{debug, error, info, warn};
 use vtest_control::{BrokerMsg, Channel, ClientInfo};
 
 use crate::cgroup::{self, Cgroups};
-use crate::config::{parse_mode, Backend, Config, ListenerConfig, ServerConfig};
+use crate::config::{parse_mode, Backend, Config, LimitsProfile, ListenerConfig, ServerConfig};
 use crate::listener::{resolve_gid, Listener, SocketPerms};
 use crate::notify::Notifier;
 use crate::status::{ClientStatus, Counters, ExitRecord, ListenerStatus, Status};
@@ -144,6 +144,7 @@ fn worker_command(
     program: &std::path::Path,
     server: &ServerConfig,
     l: &ListenerConfig,
+    profile: &LimitsProfile,
 ) -> WorkerCommand {
     let mut args: Vec<std::ffi::OsString> = vec![
         "worker".into(),
@@ -165,6 +166,23 @@ fn worker_command(
     if !l.sandbox {
         args.push("--sandbox=off".into());
     }
+    if !l.sandbox_allow_missing.is_empty() {
+        args.push(
+            format!(
+                "--sandbox-allow-missing={}",
+                l.sandbox_allow_missing.join(",")
+            )
+            .into(),
+        );
+    }
+    // RLIMIT_FSIZE bounds each memfd: the largest resource, plus 1 MiB.
+    args.push(
+        format!(
+            "--max-file-mib={}",
+            profile.max_resource_mib.saturating_add(1)
+        )
+        .into(),
+    );
     WorkerCommand {
         program: program.to_owned(),
         args,
@@ -299,7 +317,8 @@ impl Broker {
         });
         for lc in &config.listeners {
             let limits = config.limits[&lc.limits].to_wire();
-            let command = worker_command(&self.settings.program, &config.server, lc);
+            let profile = &config.limits[&lc.limits];
+            let command = worker_command(&self.settings.program, &config.server, lc, profile);
             if let Some(existing) = self.listeners.iter_mut().find(|l| l.config.name == lc.name) {
                 if existing.command.args != command.args {
                     // New backend: the pool's workers were started for the old one.

@@ -121,6 +121,11 @@ pub struct ListenerConfig {
     pub shader_cache_dir: Option<PathBuf>,
     /// Worker sandbox; `false` is for debugging only.
     pub sandbox: bool,
+    /// Sandbox layers this host may lack (e.g. `["user-namespace"]` where
+    /// user namespaces are forbidden). Empty, the default: a worker that
+    /// cannot apply every layer refuses to serve (fail closed), and the
+    /// broker refuses the listener at start.
+    pub sandbox_allow_missing: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -170,6 +175,7 @@ impl Default for ListenerConfig {
             pool: 2,
             shader_cache_dir: None,
             sandbox: true,
+            sandbox_allow_missing: Vec::new(),
         }
     }
 }
@@ -254,6 +260,24 @@ impl Config {
             }
             if l.pool > 64 {
                 return Err(format!("listener {:?}: pool {} > 64", l.name, l.pool));
+            }
+            for layer in &l.sandbox_allow_missing {
+                let optional = [
+                    "user-namespace",
+                    "network-namespace",
+                    "ipc-namespace",
+                    "mount-namespace",
+                    "pid-namespace",
+                    "landlock",
+                ];
+                if !optional.contains(&layer.as_str()) {
+                    return Err(format!(
+                        "listener {:?}: sandbox_allow_missing: {layer:?} is not a layer that may \
+                         be missing (one of {})",
+                        l.name,
+                        optional.join(", ")
+                    ));
+                }
             }
         }
         if self.server.max_clients == 0 || self.server.max_clients_per_uid == 0 {

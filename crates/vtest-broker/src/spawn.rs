@@ -22,6 +22,16 @@ const PASSED_PREFIXES: &[&str] = &[
     "LD_LIBRARY_PATH",
 ];
 
+/// Mesa's variables that point its disk caches at a directory.
+const SHADER_CACHE_VARS: &[&str] = &[
+    "MESA_SHADER_CACHE_DIR",
+    "MESA_GLSL_CACHE_DIR",
+    "MESA_SHADER_CACHE_MAX_SIZE",
+    "MESA_DISK_CACHE_SINGLE_FILE",
+    "MESA_DISK_CACHE_MULTI_FILE",
+    "MESA_DISK_CACHE_DATABASE",
+];
+
 /// How to start a worker process.
 #[derive(Debug, Clone)]
 pub struct WorkerCommand {
@@ -78,6 +88,12 @@ impl WorkerCommand {
                 cmd.env("MESA_SHADER_CACHE_DIR", dir);
             }
             None => {
+                // Whatever the broker's own environment says: a cache
+                // directory there would be shared by every client (and
+                // bound writable into each worker's sandbox).
+                for var in SHADER_CACHE_VARS {
+                    cmd.env_remove(var);
+                }
                 cmd.env("MESA_SHADER_CACHE_DISABLE", "true");
             }
         }

@@ -49,6 +49,41 @@ pub enum Layer {
     Seccomp,
 }
 
+impl Layer {
+    /// Every layer, in the order they apply.
+    pub const ALL: [Layer; 9] = [
+        Layer::Rlimits,
+        Layer::UserNamespace,
+        Layer::NetworkNamespace,
+        Layer::IpcNamespace,
+        Layer::MountNamespace,
+        Layer::PidNamespace,
+        Layer::Landlock,
+        Layer::Capabilities,
+        Layer::Seccomp,
+    ];
+
+    /// The layer's name in configuration (`sandbox_allow_missing`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Layer::UserNamespace => "user-namespace",
+            Layer::NetworkNamespace => "network-namespace",
+            Layer::IpcNamespace => "ipc-namespace",
+            Layer::MountNamespace => "mount-namespace",
+            Layer::PidNamespace => "pid-namespace",
+            Layer::Rlimits => "rlimits",
+            Layer::Landlock => "landlock",
+            Layer::Capabilities => "capabilities",
+            Layer::Seccomp => "seccomp",
+        }
+    }
+
+    /// The layer named `name` (as [`Layer::name`] spells it).
+    pub fn from_name(name: &str) -> Option<Layer> {
+        Layer::ALL.into_iter().find(|l| l.name() == name)
+    }
+}
+
 /// What happened to a layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

@@ -11,6 +11,10 @@ pub struct Rlimits {
     pub open_files: u64,
     /// Data segment plus private writable mappings, in bytes.
     pub data_bytes: u64,
+    /// The largest file, in bytes: RLIMIT_FSIZE, which also bounds each
+    /// memfd (`ftruncate` beyond it fails with EFBIG), whose pages
+    /// RLIMIT_DATA does not count.
+    pub file_bytes: u64,
 }
 
 impl Default for Rlimits {
@@ -18,6 +22,7 @@ impl Default for Rlimits {
         Rlimits {
             open_files: 1024,
             data_bytes: 8 << 30,
+            file_bytes: 1 << 30,
         }
     }
 }
@@ -41,5 +46,19 @@ pub fn apply(limits: &Rlimits) -> Result<(), SandboxError> {
         source,
     })?;
     set(Resource::RLIMIT_NOFILE, limits.open_files)?;
-    set(Resource::RLIMIT_DATA, limits.data_bytes)
+    set(Resource::RLIMIT_DATA, limits.data_bytes)?;
+    // Past RLIMIT_FSIZE the kernel also sends SIGXFSZ, whose default action
+    // kills: ignored, so the call fails with EFBIG and the worker reports it.
+    // SAFETY: SIG_IGN installs no handler code.
+    unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGXFSZ,
+            nix::sys::signal::SigHandler::SigIgn,
+        )
+    }
+    .map_err(|source| SandboxError::Rlimit {
+        resource: "SIGXFSZ".into(),
+        source,
+    })?;
+    set(Resource::RLIMIT_FSIZE, limits.file_bytes)
 }

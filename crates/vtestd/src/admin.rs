@@ -17,7 +17,38 @@ pub fn check_config(args: ConfigArg) -> Result<(), Box<dyn std::error::Error>> {
     };
     println!("# effective settings from {source}");
     print!("{}", config.to_toml());
+    for l in &config.listeners {
+        print!("{}", effective_sandbox(l)?);
+    }
     Ok(())
+}
+
+/// What a worker of listener `l` gets of its sandbox on this host: a real
+/// worker process applies it (`vtestd worker --check-sandbox`) and says.
+fn effective_sandbox(
+    l: &vtest_broker::config::ListenerConfig,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let mut text = format!("# sandbox of listener {:?} on this host\n", l.name);
+    if !l.sandbox {
+        text.push_str("#   off (sandbox = false): workers run unconfined\n");
+        return Ok(text);
+    }
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(["worker", "--check-sandbox"]);
+    if let Some(node) = &l.render_node {
+        cmd.arg("--rendernode").arg(node);
+    }
+    if !l.sandbox_allow_missing.is_empty() {
+        cmd.arg(format!(
+            "--sandbox-allow-missing={}",
+            l.sandbox_allow_missing.join(",")
+        ));
+    }
+    let out = cmd.stdin(std::process::Stdio::null()).output()?;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        text.push_str(&format!("#   {line}\n"));
+    }
+    Ok(text)
 }
 
 fn admin_socket(args: &AdminArg) -> Result<PathBuf, Box<dyn std::error::Error>> {

@@ -58,6 +58,13 @@ pub struct WorkerArgs {
     /// RLIMIT_DATA of the worker (private memory: heap, anonymous mappings), MiB.
     #[arg(long, value_name = "MIB")]
     pub max_data_mib: Option<u64>,
+    /// RLIMIT_FSIZE of the worker (the largest memfd), MiB: the listener's
+    /// largest resource.
+    #[arg(long, value_name = "MIB")]
+    pub max_file_mib: Option<u64>,
+    /// Apply the sandbox, print what this host allowed of each layer, exit.
+    #[arg(long)]
+    pub check_sandbox: bool,
 }
 
 impl WorkerArgs {
@@ -69,6 +76,9 @@ impl WorkerArgs {
             data_bytes: self
                 .max_data_mib
                 .map_or(defaults.data_bytes, |m| m.saturating_mul(1 << 20)),
+            file_bytes: self
+                .max_file_mib
+                .map_or(defaults.file_bytes, |m| m.saturating_mul(1 << 20)),
         }
     }
 }
@@ -124,6 +134,12 @@ pub struct RendererArgs {
     /// `off` is for debugging only and leaves every client unconfined.
     #[arg(long, value_name = "on|off")]
     pub sandbox: Option<Toggle>,
+    /// Sandbox layers this host may lack without the worker refusing to
+    /// serve (comma-separated: user-namespace, network-namespace,
+    /// ipc-namespace, mount-namespace, pid-namespace, landlock). By default
+    /// every layer is required.
+    #[arg(long, value_name = "LAYERS", value_delimiter = ',')]
+    pub sandbox_allow_missing: Vec<String>,
 }
 
 /// An on/off switch.

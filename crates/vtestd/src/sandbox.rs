@@ -26,18 +26,37 @@ pub fn confine(
         SandboxConfig::for_worker(args.rendernode.clone(), cache, Some(channel.as_raw_fd()));
     config.rlimits = rlimits;
     let report = vtest_sandbox::confine(&config).map_err(|e| crate::logging::chain(&e))?;
-    let missing: Vec<String> = report
-        .iter()
-        .filter_map(|(layer, outcome)| match outcome {
-            Outcome::Applied => None,
-            Outcome::Partial(why) => Some(format!("{layer:?} partial ({why})")),
-            Outcome::Unavailable(why) => Some(format!("{layer:?} unavailable ({why})")),
-        })
-        .collect();
+    let mut missing = Vec::new();
+    let mut refused = Vec::new();
+    for (layer, outcome) in &report {
+        match outcome {
+            Outcome::Applied => {}
+            Outcome::Partial(why) => missing.push(format!("{} partial ({why})", layer.name())),
+            Outcome::Unavailable(why) => {
+                missing.push(format!("{} unavailable ({why})", layer.name()));
+                if !args.sandbox_allow_missing.iter().any(|n| n == layer.name()) {
+                    refused.push(format!("{} ({why})", layer.name()));
+                }
+            }
+        }
+    }
+    // Fail closed: a layer the host refused is served without only where
+    // the administrator said it may be (sandbox_allow_missing).
+    if !refused.is_empty() {
+        let names: Vec<&str> = refused
+            .iter()
+            .map(|r| r.split(' ').next().unwrap_or_default())
+            .collect();
+        return Err(format!(
+            "required sandbox layers unavailable on this host: {}; a listener may accept \
+             serving without them with sandbox_allow_missing = {names:?}",
+            refused.join(", ")
+        ));
+    }
     if missing.is_empty() {
         info!(profile = ?config.profile, "worker sandbox applied");
     } else {
-        warn!(profile = ?config.profile, "worker sandbox weakened: {}", missing.join(", "));
+        warn!(profile = ?config.profile, "worker sandbox weakened (allowed by sandbox_allow_missing): {}", missing.join(", "));
     }
     Ok(Some(config.profile))
 }
@@ -63,4 +82,34 @@ pub fn steady_profile(configured: Profile, gl_renderer: Option<String>) -> Profi
     }
     debug!(renderer = gl_renderer.as_deref().unwrap_or("unknown"), profile = ?configured, "steady profile");
     configured
+}
+
+/// `vtestd worker --check-sandbox`: applies the sandbox as a worker would
+/// and prints, one line per layer, what this host allowed.
+pub fn check(args: &RendererArgs, rlimits: Rlimits) -> std::process::ExitCode {
+    let mut config = SandboxConfig::for_worker(args.rendernode.clone(), None, None);
+    config.rlimits = rlimits;
+    match vtest_sandbox::confine(&config) {
+        Ok(report) => {
+            for (layer, outcome) in report {
+                let allowed = args.sandbox_allow_missing.iter().any(|n| n == layer.name());
+                let text = match outcome {
+                    Outcome::Applied => "applied".to_string(),
+                    Outcome::Partial(why) => format!("partial: {why}"),
+                    Outcome::Unavailable(why) if allowed => {
+                        format!("unavailable: {why} (allowed by sandbox_allow_missing)")
+                    }
+                    Outcome::Unavailable(why) => {
+                        format!("unavailable: {why} (REQUIRED: workers refuse to serve)")
+                    }
+                };
+                println!("{:18} {text}", layer.name());
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("error: {}", crate::logging::chain(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -35,6 +35,9 @@ fn overrides(args: &ServeArgs) -> impl Fn(&mut Config) {
         if renderer.sandbox.is_some() {
             l.sandbox = renderer.sandboxed();
         }
+        if !renderer.sandbox_allow_missing.is_empty() {
+            l.sandbox_allow_missing = renderer.sandbox_allow_missing.clone();
+        }
         if let Some(dir) = &cache {
             l.shader_cache_dir = Some(dir.clone());
         }

@@ -75,6 +75,9 @@ pub fn run(args: WorkerArgs) -> ExitCode {
     if let Err(e) = nix::sys::signal::SigSet::all().thread_unblock() {
         warn!(error = %e, "cannot unblock signals");
     }
+    if args.check_sandbox {
+        return sandbox::check(&args.renderer, args.rlimits());
+    }
     let channel = match std::io::stdin().as_fd().try_clone_to_owned() {
         Ok(fd) => Channel::from_fd(fd),
         Err(e) => {
