@@ -483,3 +483,93 @@ fn a_listener_whose_workers_cannot_start_is_refused_at_start() {
     assert!(err.contains("cannot open render node"), "{err}");
     assert!(!socket.exists(), "the refused socket is removed");
 }
+
+/// Runs `vtestd serve` on `socket` until it is ready or exits (10 s);
+/// returns (still running, stderr so far) and stops it.
+fn serve_briefly(socket: &std::path::Path, admin: &std::path::Path) -> (bool, String) {
+    let log = admin.with_extension("log");
+    let mut child = Command::new(common::server::vtestd_bin())
+        .arg("serve")
+        .arg(format!("--socket-path={}", socket.display()))
+        .arg(format!("--admin-socket={}", admin.display()))
+        .arg("--pool=0")
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("run vtestd");
+    let text = || fs::read_to_string(&log).unwrap_or_default();
+    let running = common::procs::eventually(10, || {
+        text().contains("a worker started") || matches!(child.try_wait(), Ok(Some(_)))
+    }) && matches!(child.try_wait(), Ok(None));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    (running, text())
+}
+
+/// The socket path is never a way to make vtestd follow a symlink, chmod
+/// somebody else's file, remove somebody else's socket, or serve from a
+/// directory where others could swap the socket for theirs.
+#[test]
+fn unsafe_socket_paths_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = common::server::unique_dir("socket-path");
+    let admin = dir.join("admin.sock");
+    // A symlink planted where the socket goes: refused, its target untouched.
+    let target = dir.join("victim");
+    fs::write(&target, "x").unwrap();
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).unwrap();
+    let link = dir.join("link.sock");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let (running, log) = serve_briefly(&link, &admin);
+    assert!(!running && log.contains("symbolic link"), "{log}");
+    assert_eq!(
+        fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    // A directory anyone may write to, without the sticky bit.
+    let open = dir.join("open");
+    fs::create_dir(&open).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    let (running, log) = serve_briefly(&open.join("s"), &admin);
+    assert!(!running && log.contains("writable by others"), "{log}");
+    // A directory of another user.
+    let theirs = dir.join("theirs");
+    fs::create_dir(&theirs).unwrap();
+    nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let (running, log) = serve_briefly(&theirs.join("s"), &admin);
+    assert!(!running && log.contains("belongs to uid 65534"), "{log}");
+    // A stale socket of another user: not removed.
+    let stale = dir.join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        &stale,
+        Some(nix::unistd::Uid::from_raw(65534)),
+        None,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+    let (running, log) = serve_briefly(&stale, &admin);
+    assert!(
+        !running && log.contains("stale socket of uid 65534"),
+        "{log}"
+    );
+    assert!(stale.exists(), "somebody else's socket was removed");
+    // Controls: a sticky world-writable directory (like /tmp) and a stale
+    // socket of ours are fine.
+    let sticky = dir.join("sticky");
+    fs::create_dir(&sticky).unwrap();
+    fs::set_permissions(&sticky, fs::Permissions::from_mode(0o1777)).unwrap();
+    let ours = sticky.join("s");
+    drop(std::os::unix::net::UnixListener::bind(&ours).unwrap());
+    let (running, log) = serve_briefly(&ours, &admin);
+    assert!(running, "{log}");
+    let _ = fs::remove_dir_all(&dir);
+}

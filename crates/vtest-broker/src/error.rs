@@ -12,6 +12,8 @@ pub enum BrokerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("refusing the socket path {path}: {why}")]
+    UnsafeSocketPath { path: PathBuf, why: String },
     #[error("event loop")]
     EventLoop(#[source] nix::Error),
     #[error("signal handling")]

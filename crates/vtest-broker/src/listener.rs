@@ -2,11 +2,13 @@
 
 use std::fs;
 use std::io::ErrorKind;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use nix::unistd::{Gid, Group, Uid, User};
+use nix::fcntl::AT_FDCWD;
+use nix::sys::stat::{umask, Mode};
+use nix::unistd::{geteuid, Gid, Group, Uid, User};
 
 use crate::BrokerError;
 
@@ -28,33 +30,73 @@ pub(crate) struct SocketPerms {
 }
 
 impl Listener {
-    /// Binds `path`, replacing a stale socket file but never a live server's,
-    /// then applies `perms`.
+    /// Binds `path`, replacing a stale socket of ours but never a live
+    /// server's nor anybody else's, then applies `perms`.
+    ///
+    /// The path must be safe to create a socket in: its directory is owned
+    /// by root or by us and, if others may write to it, sticky (like /tmp),
+    /// so nobody else can swap the socket for theirs; no symlink is ever
+    /// followed (a symlink at the path is refused, and the mode and owner
+    /// are set only after checking the path is our socket).
     pub(crate) fn bind(path: &Path, perms: &SocketPerms) -> Result<Listener, BrokerError> {
-        if let Ok(meta) = fs::symlink_metadata(path) {
-            if meta.file_type().is_socket() {
-                if UnixStream::connect(path).is_ok() {
-                    return Err(BrokerError::AddressInUse(path.to_owned()));
-                }
-                let _ = fs::remove_file(path);
-            }
-        }
+        let unsafe_path = |why: String| BrokerError::UnsafeSocketPath {
+            path: path.to_owned(),
+            why,
+        };
         let bind_error = |source| BrokerError::Bind {
             path: path.to_owned(),
             source,
         };
-        if let Some(parent) = path.parent() {
-            if !parent.as_os_str().is_empty() && !parent.exists() {
-                fs::create_dir_all(parent).map_err(bind_error)?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !parent.exists() {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(parent)
+                    .map_err(bind_error)?;
             }
+            check_directory(parent).map_err(unsafe_path)?;
         }
-        let socket = UnixListener::bind(path).map_err(bind_error)?;
+        if let Ok(meta) = fs::symlink_metadata(path) {
+            let kind = meta.file_type();
+            if kind.is_symlink() {
+                return Err(unsafe_path(
+                    "it is a symbolic link; refusing to follow it".into(),
+                ));
+            }
+            if !kind.is_socket() {
+                return Err(unsafe_path(
+                    "something that is not a socket is there".into(),
+                ));
+            }
+            if UnixStream::connect(path).is_ok() {
+                return Err(BrokerError::AddressInUse(path.to_owned()));
+            }
+            if meta.uid() != geteuid().as_raw() {
+                return Err(unsafe_path(format!(
+                    "a stale socket of uid {} is there; not removing somebody else's socket",
+                    meta.uid()
+                )));
+            }
+            let _ = fs::remove_file(path);
+        }
+        // Created unreachable for others (0600); opened up below once the
+        // path is checked to be this socket.
+        let old = umask(Mode::from_bits_truncate(0o177));
+        let bound = UnixListener::bind(path);
+        umask(old);
+        let socket = bound.map_err(bind_error)?;
         let listener = Listener {
             socket,
             path: path.to_owned(),
             ours: true,
         };
         listener.socket.set_nonblocking(true).map_err(bind_error)?;
+        if !is_our_socket(path) {
+            return Err(unsafe_path(
+                "the socket was replaced right after bind".into(),
+            ));
+        }
         apply_perms(path, perms).map_err(bind_error)?;
         Ok(listener)
     }
@@ -92,10 +134,42 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if self.ours {
+        // Only our socket: never what a symlink there points to.
+        if self.ours && is_our_socket(&self.path) {
             let _ = fs::remove_file(&self.path);
         }
     }
+}
+
+/// `path` (not following a symlink) is a socket owned by us.
+fn is_our_socket(path: &Path) -> bool {
+    fs::symlink_metadata(path)
+        .is_ok_and(|m| m.file_type().is_socket() && m.uid() == geteuid().as_raw())
+}
+
+/// A directory in which only root and we can replace entries: owned by one
+/// of them, and sticky if others may write to it.
+fn check_directory(dir: &Path) -> Result<(), String> {
+    let meta = fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    let owner = meta.uid();
+    if owner != 0 && owner != geteuid().as_raw() {
+        return Err(format!(
+            "its directory {} belongs to uid {owner}, who could replace the socket",
+            dir.display()
+        ));
+    }
+    let mode = meta.mode();
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err(format!(
+            "its directory {} is writable by others (mode {:o}) and not sticky",
+            dir.display(),
+            mode & 0o7777
+        ));
+    }
+    Ok(())
 }
 
 /// A user name or number.
@@ -120,14 +194,28 @@ pub(crate) fn resolve_gid(name: &str) -> std::io::Result<Gid> {
     }
 }
 
+/// Owner, group and mode of our socket at `path`, never through a symlink.
 fn apply_perms(path: &Path, perms: &SocketPerms) -> std::io::Result<()> {
+    use nix::fcntl::AtFlags;
     let uid = perms.owner.as_deref().map(resolve_uid).transpose()?;
     let gid = perms.group.as_deref().map(resolve_gid).transpose()?;
     if uid.is_some() || gid.is_some() {
-        nix::unistd::chown(path, uid, gid).map_err(std::io::Error::from)?;
+        nix::unistd::fchownat(AT_FDCWD, path, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(std::io::Error::from)?;
     }
-    if let Some(mode) = perms.mode {
-        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
-    }
-    Ok(())
+    let mode = perms.mode.unwrap_or(0o777 & !current_umask());
+    nix::sys::stat::fchmodat(
+        AT_FDCWD,
+        path,
+        Mode::from_bits_truncate(mode),
+        nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+    )
+    .map_err(std::io::Error::from)
+}
+
+/// The process umask (read by setting it and back).
+fn current_umask() -> u32 {
+    let old = umask(Mode::from_bits_truncate(0o022));
+    umask(old);
+    old.bits()
 }
