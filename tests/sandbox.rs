@@ -122,7 +122,10 @@ fn workers_get_no_shared_cache_directory_and_bounded_files() {
     let environ = fs::read(format!("/proc/{worker}/environ")).unwrap();
     let environ = String::from_utf8_lossy(&environ);
     assert!(!environ.contains("MESA_SHADER_CACHE_DIR"), "{environ}");
-    assert!(environ.contains("MESA_SHADER_CACHE_DISABLE=true"), "{environ}");
+    assert!(
+        environ.contains("MESA_SHADER_CACHE_DISABLE=true"),
+        "{environ}"
+    );
     let limits = fs::read_to_string(format!("/proc/{worker}/limits")).unwrap();
     let fsize = limits
         .lines()
@@ -133,7 +136,11 @@ fn workers_get_no_shared_cache_directory_and_bounded_files() {
         .unwrap_or_default()
         .to_string();
     assert_eq!(fsize, (65u64 << 20).to_string(), "{limits}");
-    assert_eq!(fs::read_dir(&cache).unwrap().count(), 0, "the worker wrote into it");
+    assert_eq!(
+        fs::read_dir(&cache).unwrap().count(),
+        0,
+        "the worker wrote into it"
+    );
     let _ = fs::remove_dir_all(&cache);
     let _ = fs::remove_dir_all(&dir);
 }

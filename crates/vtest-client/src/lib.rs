@@ -513,6 +513,11 @@ impl Client {
     pub fn submit_cmd2(&mut self, batches: &[Batch]) -> Result<()> {
         self.send_raw(&wire::submit_cmd2(batches))
     }
+
+    /// SUBMIT_CMD2 with batch headers `stride` dwords apart (6: Mesa 25.0). No reply.
+    pub fn submit_cmd2_with_stride(&mut self, batches: &[Batch], stride: u32) -> Result<()> {
+        self.send_raw(&wire::submit_cmd2_with_stride(batches, stride))
+    }
 }
 
 #[cfg(test)]

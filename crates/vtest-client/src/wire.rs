@@ -64,8 +64,29 @@ pub const BLOB_FLAG_CROSS_DEVICE: u32 = 4;
 pub const SYNC_WAIT_FLAG_ANY: u32 = 1;
 /// SUBMIT_CMD2 batch flag: signal the syncs through a fence on `ring_idx`.
 pub const SUBMIT_CMD2_FLAG_RING_IDX: u32 = 1;
-/// SUBMIT_CMD2 batch header stride in dwords (PROTOCOL.md §2.24).
+/// SUBMIT_CMD2 batch header stride in dwords as the reference server reads
+/// them and Mesa 25.2 writes them (PROTOCOL.md §2.24).
 pub const SUBMIT_CMD2_BATCH_DWORDS: u32 = 8;
+/// The stride of Mesa 25.0's 6-field `struct vcmd_submit_cmd2_batch` (flags …
+/// ring_idx): vtestd infers it, the reference 0.10.4 misreads it.
+pub const SUBMIT_CMD2_BATCH_DWORDS_6: u32 = 6;
+
+/// Byte offsets in `struct virgl_caps_v2` (virglrenderer `src/virgl_hw.h`),
+/// the GET_CAPS2 reply.
+pub const CAPS_V2_CAPABILITY_BITS: usize = 392;
+pub const CAPS_V2_HOST_FEATURE_CHECK_VERSION: usize = 556;
+/// `capability_bits`: the host maps buffers persistently (GL_ARB_buffer_storage),
+/// so Mesa virpipe makes persistent and coherent buffers as blobs.
+pub const VIRGL_CAP_ARB_BUFFER_STORAGE: u32 = 1 << 31;
+/// Mesa virpipe re-negotiates protocol version 2 when the caps'
+/// `host_feature_check_version` is below this (PROTOCOL.md §3.1).
+pub const HOST_FEATURE_CHECK_VERSION_V3_IDS: u32 = 23;
+
+/// The dword at byte `offset` of a caps reply, if the reply is that long.
+pub fn caps_dword(caps: &[u8], offset: usize) -> Option<u32> {
+    let b = caps.get(offset..offset.checked_add(4)?)?;
+    Some(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+}
 
 /// Gallium / virgl enums used by the helpers.
 pub const PIPE_BUFFER: u32 = 0;
@@ -440,7 +461,16 @@ pub fn sync_wait(flags: u32, timeout_ms: u32, syncs: &[(u32, u64)]) -> Vec<u8> {
 /// each batch its command dwords followed by its sync triplets. Offsets are dword
 /// indices from the start of the payload.
 pub fn submit_cmd2_payload(batches: &[Batch]) -> Vec<u32> {
-    let header_dwords = 1 + SUBMIT_CMD2_BATCH_DWORDS as usize * batches.len();
+    submit_cmd2_payload_with_stride(batches, SUBMIT_CMD2_BATCH_DWORDS)
+}
+
+/// [`submit_cmd2_payload`] with headers `stride` dwords apart: the 6 fields
+/// flags, cmd_offset, cmd_size, sync_offset, sync_count, ring_idx, then zeros
+/// (cut short when `stride` < 6, for hostile tests). The data still follows
+/// the headers, as every client packs it.
+pub fn submit_cmd2_payload_with_stride(batches: &[Batch], stride: u32) -> Vec<u32> {
+    let stride = stride as usize;
+    let header_dwords = 1 + stride * batches.len();
     let mut headers = vec![0u32; header_dwords];
     headers[0] = batches.len() as u32;
     let mut data: Vec<u32> = Vec::new();
@@ -451,17 +481,17 @@ pub fn submit_cmd2_payload(batches: &[Batch]) -> Vec<u32> {
         for &(id, v) in &b.syncs {
             data.extend([id, lo(v), hi(v)]);
         }
-        let h = 1 + SUBMIT_CMD2_BATCH_DWORDS as usize * i;
-        headers[h..h + 8].copy_from_slice(&[
+        let fields = [
             b.flags,
             cmd_offset,
             b.cmd.len() as u32,
             sync_offset,
             b.syncs.len() as u32,
             b.ring_idx,
-            0,
-            0,
-        ]);
+        ];
+        let n = stride.min(fields.len());
+        let h = 1 + stride * i;
+        headers[h..h + n].copy_from_slice(&fields[..n]);
     }
     headers.extend(data);
     headers
@@ -469,6 +499,14 @@ pub fn submit_cmd2_payload(batches: &[Batch]) -> Vec<u32> {
 
 pub fn submit_cmd2(batches: &[Batch]) -> Vec<u8> {
     message(cmd::SUBMIT_CMD2, &submit_cmd2_payload(batches))
+}
+
+/// SUBMIT_CMD2 with batch headers `stride` dwords apart.
+pub fn submit_cmd2_with_stride(batches: &[Batch], stride: u32) -> Vec<u8> {
+    message(
+        cmd::SUBMIT_CMD2,
+        &submit_cmd2_payload_with_stride(batches, stride),
+    )
 }
 
 #[cfg(test)]
@@ -612,6 +650,36 @@ mod tests {
         assert_eq!(&two[17..], &[0xabcd, 1, 2, 0, 2, 0, 2]);
         let msg = submit_cmd2(&[]);
         assert_eq!(dwords_from_bytes(&msg), [1, 24, 0]);
+    }
+
+    #[test]
+    fn submit_cmd2_layout_stride_6() {
+        let batches = [
+            Batch {
+                flags: SUBMIT_CMD2_FLAG_RING_IDX,
+                cmd: vec![0xabcd],
+                syncs: vec![(1, 2)],
+                ring_idx: 0,
+            },
+            Batch {
+                flags: 0,
+                cmd: vec![],
+                syncs: vec![(2, 1 << 33)],
+                ring_idx: 0,
+            },
+        ];
+        let two = submit_cmd2_payload_with_stride(&batches, SUBMIT_CMD2_BATCH_DWORDS_6);
+        assert_eq!(two[0], 2);
+        // batch 0 at dword 1, batch 1 at dword 7, data from dword 13 (1 + 6·2)
+        assert_eq!(&two[1..7], &[1, 13, 1, 14, 1, 0]);
+        assert_eq!(&two[7..13], &[0, 17, 0, 17, 1, 0]);
+        assert_eq!(&two[13..], &[0xabcd, 1, 2, 0, 2, 0, 2]);
+        assert_eq!(
+            submit_cmd2_payload_with_stride(&batches, SUBMIT_CMD2_BATCH_DWORDS),
+            submit_cmd2_payload(&batches)
+        );
+        let msg = submit_cmd2_with_stride(&batches, SUBMIT_CMD2_BATCH_DWORDS_6);
+        assert_eq!(dwords_from_bytes(&msg[..8]), [20, 24]);
     }
 
     #[test]

@@ -11,6 +11,22 @@ pub enum ProtocolError {
         batch: u32,
         what: &'static str,
     },
+    #[error("{command:?} batch {batch}: {what} overlaps the batch headers ({stride} dwords each)")]
+    BatchOverlapsHeaders {
+        command: CommandId,
+        batch: u32,
+        what: &'static str,
+        stride: u32,
+    },
+    #[error(
+        "{command:?}: the first batch's commands (dword {cmd_offset}) follow neither \
+         {batch_count} batch headers of 8 dwords nor of 6"
+    )]
+    BatchStrideUnknown {
+        command: CommandId,
+        batch_count: u32,
+        cmd_offset: u32,
+    },
     #[error("{command:?} payload of {bytes} bytes exceeds the limit of {max}")]
     CommandTooLarge {
         command: CommandId,

@@ -24,7 +24,7 @@ pub use reply::Reply;
 pub use request::{
     Batch, BlobType, Request, ResourceCreate, ResourceCreateBlob, SubmitCmd2, SyncPoint, SyncWait,
     Transfer, Transfer2, TransferBox, BUSY_WAIT_FLAG_WAIT, SUBMIT_CMD2_FLAG_RING_IDX,
-    SYNC_WAIT_FLAG_ANY,
+    SUBMIT_CMD2_STRIDE_6, SUBMIT_CMD2_STRIDE_8, SYNC_WAIT_FLAG_ANY,
 };
 pub use version::{negotiate, MAX_VERSION};
 pub use wire::HEADER_BYTES;

@@ -12,8 +12,13 @@ pub const SYNC_WAIT_FLAG_ANY: u32 = 1;
 pub const SUBMIT_CMD2_FLAG_RING_IDX: u32 = 1;
 /// v4 fence-fd flags, not served.
 const SUBMIT_CMD2_FLAGS_V4: u32 = 0b110;
-/// Dwords per `SUBMIT_CMD2` batch header.
-const BATCH_DWORDS: u64 = 8;
+/// Dwords per `SUBMIT_CMD2` batch header as the reference server indexes them
+/// (and Mesa 25.2 writes them): flags … ring_idx, then two v4 words.
+pub const SUBMIT_CMD2_STRIDE_8: u32 = 8;
+/// Dwords per batch header of Mesa 25.0's 6-field `struct vcmd_submit_cmd2_batch`.
+pub const SUBMIT_CMD2_STRIDE_6: u32 = 6;
+/// The header fields both strides share, at the same offsets.
+const BATCH_FIELDS: u64 = 6;
 
 /// One decoded request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -358,12 +363,44 @@ impl Batch {
     pub fn uses_ring(&self) -> bool {
         self.flags & SUBMIT_CMD2_FLAG_RING_IDX != 0
     }
+
+    /// The header at dword `at` (the caller has checked it fits).
+    fn read(p: &[u8], at: usize) -> Self {
+        Batch {
+            flags: dword(p, at),
+            cmd_offset: dword(p, at + 1),
+            cmd_size: dword(p, at + 2),
+            sync_offset: dword(p, at + 3),
+            sync_count: dword(p, at + 4),
+            ring_idx: dword(p, at + 5),
+        }
+    }
 }
 
 /// `SUBMIT_CMD2`: batches of command stream with syncs to signal.
+///
+/// The batch headers come in two strides (`PROTOCOL.md` §2.24): 8 dwords (the
+/// reference server, Mesa 25.2) and 6 (Mesa 25.0's venus and vpipe). Every
+/// client packs its data right after the headers, so the stride is read off
+/// the first batch (its 6 fields sit at the same offsets in both layouts):
+///
+/// 1. its `cmd_offset` is `1 + 8·N` → 8, or `1 + 6·N` → 6 (`N` = batch count;
+///    Mesa writes this even for an empty command range);
+/// 2. otherwise, if it has commands, they follow neither layout's headers:
+///    refused ([`ProtocolError::BatchStrideUnknown`]), since reading headers at a
+///    guessed stride could run another batch's fields as commands;
+/// 3. otherwise (no commands, so its `cmd_offset` means nothing) its syncs
+///    decide the same way, when it has any at `1 + 8·N` or `1 + 6·N`;
+/// 4. otherwise 8, the reference's stride.
+///
+/// Then, at that stride, all `N` headers must lie inside the payload, every
+/// range inside `LEN` (64-bit sums, no wrap-around), and no non-empty range may
+/// start inside the headers: a batch that does was written with the other
+/// stride, or is hostile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubmitCmd2<'a> {
     payload: &'a [u8],
+    stride: u32,
     batches: Vec<Batch>,
 }
 
@@ -379,41 +416,31 @@ impl<'a> SubmitCmd2<'a> {
             return Err(malformed("missing batch count"));
         }
         let count = u64::from(dword(p, 0));
-        if 1 + count * BATCH_DWORDS > dwords {
+        if count == 0 {
+            return Ok(SubmitCmd2 {
+                payload: p,
+                stride: SUBMIT_CMD2_STRIDE_8,
+                batches: Vec::new(),
+            });
+        }
+        if 1 + BATCH_FIELDS > dwords {
             return Err(malformed("batch headers past the payload"));
         }
+        let stride = infer_stride(count, &Batch::read(p, 1))?;
+        let headers_end = 1 + count * u64::from(stride);
+        if headers_end > dwords {
+            return Err(malformed("batch headers past the payload"));
+        }
+        // Bounded by the payload size: at most LEN / 6 batches.
         let mut batches = Vec::with_capacity(count as usize);
-        for i in 0..count as usize {
-            let at = 1 + i * BATCH_DWORDS as usize;
-            let b = Batch {
-                flags: dword(p, at),
-                cmd_offset: dword(p, at + 1),
-                cmd_size: dword(p, at + 2),
-                sync_offset: dword(p, at + 3),
-                sync_count: dword(p, at + 4),
-                ring_idx: dword(p, at + 5),
-            };
-            let out = |what| ProtocolError::BatchOutOfBounds {
-                command: CommandId::SubmitCmd2,
-                batch: i as u32,
-                what,
-            };
-            if b.flags & SUBMIT_CMD2_FLAGS_V4 != 0 {
-                return Err(malformed("fence-fd flags need protocol version 4"));
-            }
-            if u64::from(b.cmd_offset) + u64::from(b.cmd_size) > dwords {
-                return Err(out("command stream"));
-            }
-            if u64::from(b.sync_offset) + 3 * u64::from(b.sync_count) > dwords {
-                return Err(out("sync list"));
-            }
-            if b.uses_ring() && b.ring_idx >= MAX_TIMELINE_COUNT {
-                return Err(out("ring index"));
-            }
+        for i in 0..count {
+            let b = Batch::read(p, (1 + i * u64::from(stride)) as usize);
+            check_batch(&b, i as u32, dwords, headers_end, stride)?;
             batches.push(b);
         }
         Ok(SubmitCmd2 {
             payload: p,
+            stride,
             batches,
         })
     }
@@ -421,6 +448,11 @@ impl<'a> SubmitCmd2<'a> {
     /// The validated batches, in order.
     pub fn batches(&self) -> &[Batch] {
         &self.batches
+    }
+
+    /// The batch header stride the client used (8 when there are no batches).
+    pub fn stride(&self) -> u32 {
+        self.stride
     }
 
     /// The command stream of `batch` (bytes, a multiple of 4).
@@ -439,6 +471,81 @@ impl<'a> SubmitCmd2<'a> {
     pub fn payload(&self) -> &'a [u8] {
         self.payload
     }
+}
+
+/// The header stride of a request with `count` batches, from its first batch
+/// (the rules are on [`SubmitCmd2`]).
+fn infer_stride(count: u64, first: &Batch) -> Result<u32, ProtocolError> {
+    let after_headers = |offset: u32| {
+        [SUBMIT_CMD2_STRIDE_8, SUBMIT_CMD2_STRIDE_6]
+            .into_iter()
+            .find(|&s| u64::from(offset) == 1 + count * u64::from(s))
+    };
+    if let Some(stride) = after_headers(first.cmd_offset) {
+        return Ok(stride);
+    }
+    if first.cmd_size != 0 {
+        return Err(ProtocolError::BatchStrideUnknown {
+            command: CommandId::SubmitCmd2,
+            batch_count: count as u32,
+            cmd_offset: first.cmd_offset,
+        });
+    }
+    let by_syncs = if first.sync_count != 0 {
+        after_headers(first.sync_offset)
+    } else {
+        None
+    };
+    Ok(by_syncs.unwrap_or(SUBMIT_CMD2_STRIDE_8))
+}
+
+/// Checks batch `index` against a payload of `dwords` whose headers end at
+/// `headers_end`.
+fn check_batch(
+    b: &Batch,
+    index: u32,
+    dwords: u64,
+    headers_end: u64,
+    stride: u32,
+) -> Result<(), ProtocolError> {
+    let command = CommandId::SubmitCmd2;
+    if b.flags & SUBMIT_CMD2_FLAGS_V4 != 0 {
+        return Err(ProtocolError::MalformedPayload {
+            command,
+            dwords: dwords as u32,
+            reason: "fence-fd flags need protocol version 4",
+        });
+    }
+    let ranges = [
+        ("command stream", b.cmd_offset, u64::from(b.cmd_size)),
+        ("sync list", b.sync_offset, 3 * u64::from(b.sync_count)),
+    ];
+    for (what, offset, len) in ranges {
+        let offset = u64::from(offset);
+        if offset + len > dwords {
+            return Err(ProtocolError::BatchOutOfBounds {
+                command,
+                batch: index,
+                what,
+            });
+        }
+        if len != 0 && offset < headers_end {
+            return Err(ProtocolError::BatchOverlapsHeaders {
+                command,
+                batch: index,
+                what,
+                stride,
+            });
+        }
+    }
+    if b.uses_ring() && b.ring_idx >= MAX_TIMELINE_COUNT {
+        return Err(ProtocolError::BatchOutOfBounds {
+            command,
+            batch: index,
+            what: "ring index",
+        });
+    }
+    Ok(())
 }
 
 pub(crate) fn blob(p: &[u8]) -> ResourceCreateBlob {

@@ -1,10 +1,11 @@
-//! Property tests: arbitrary bytes never panic or over-ask, and every request
-//! survives an encode/decode round trip.
+//! Property tests: arbitrary bytes never panic or over-ask, every request
+//! survives an encode/decode round trip, and SUBMIT_CMD2 decodes at both batch
+//! header strides.
 
 use proptest::prelude::*;
 use vtest_protocol::{
     decode, Decoded, Limits, Request, ResourceCreate, ResourceCreateBlob, SyncWait, Transfer,
-    Transfer2, TransferBox,
+    Transfer2, TransferBox, SUBMIT_CMD2_FLAG_RING_IDX, SUBMIT_CMD2_STRIDE_6, SUBMIT_CMD2_STRIDE_8,
 };
 
 fn small_limits() -> Limits {
@@ -178,5 +179,130 @@ proptest! {
             .flat_map(|w| w.to_ne_bytes())
             .collect();
         round_trip(&Request::SyncWait(SyncWait::new(flags, timeout, &raw)))?;
+    }
+}
+
+/// One SUBMIT_CMD2 batch: flags (RING_IDX or 0), commands, syncs, ring.
+type Cmd2Batch = (u32, Vec<u32>, Vec<(u32, u64)>, u32);
+
+fn cmd2_batches() -> impl Strategy<Value = Vec<Cmd2Batch>> {
+    let batch = (
+        prop_oneof![Just(0), Just(SUBMIT_CMD2_FLAG_RING_IDX)],
+        proptest::collection::vec(any::<u32>(), 0..6),
+        proptest::collection::vec((any::<u32>(), any::<u64>()), 0..3),
+        0u32..64,
+    );
+    proptest::collection::vec(batch, 1..5)
+}
+
+/// The SUBMIT_CMD2 payload (no header) a client writes: headers `stride`
+/// dwords apart, then the data, either every batch's commands and then every
+/// batch's syncs (Mesa's venus) or each batch's commands and syncs in turn.
+fn cmd2_payload(stride: u32, mesa_layout: bool, batches: &[Cmd2Batch]) -> Vec<u32> {
+    let headers = 1 + stride as usize * batches.len();
+    let total_cmds: usize = batches.iter().map(|b| b.1.len()).sum();
+    let mut cmds = Vec::new();
+    let mut syncs = Vec::new();
+    let mut payload = vec![batches.len() as u32];
+    for (flags, cmd, points, ring) in batches {
+        let (cmd_at, sync_at) = if mesa_layout {
+            (headers + cmds.len(), headers + total_cmds + syncs.len())
+        } else {
+            let at = headers + cmds.len() + syncs.len();
+            (at, at + cmd.len())
+        };
+        let mut h = vec![
+            *flags,
+            cmd_at as u32,
+            cmd.len() as u32,
+            sync_at as u32,
+            points.len() as u32,
+            *ring,
+        ];
+        h.resize(stride as usize, 0);
+        payload.extend(h);
+        let triples = points
+            .iter()
+            .flat_map(|&(id, v)| [id, v as u32, (v >> 32) as u32]);
+        if mesa_layout {
+            cmds.extend_from_slice(cmd);
+            syncs.extend(triples);
+        } else {
+            // Interleaved: keep everything in `cmds`, in order.
+            cmds.extend_from_slice(cmd);
+            cmds.extend(triples);
+        }
+    }
+    payload.extend(cmds);
+    payload.extend(syncs);
+    payload
+}
+
+fn framed(payload: &[u32]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    for w in [payload.len() as u32, 24].iter().chain(payload) {
+        buf.extend_from_slice(&w.to_ne_bytes());
+    }
+    buf
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    /// Regression for Mesa 25.0's 6-dword batch headers: both strides, both
+    /// data layouts, decode to exactly the batches that were written.
+    #[test]
+    fn submit_cmd2_decodes_at_either_stride(
+        batches in cmd2_batches(),
+        six in any::<bool>(),
+        mesa_layout in any::<bool>(),
+    ) {
+        let stride = if six { SUBMIT_CMD2_STRIDE_6 } else { SUBMIT_CMD2_STRIDE_8 };
+        let buf = framed(&cmd2_payload(stride, mesa_layout, &batches));
+        let s = match decode(&buf, &Limits::default()) {
+            Ok(Decoded::Request(Request::SubmitCmd2(s), n)) if n == buf.len() => s,
+            other => return Err(TestCaseError::fail(format!("{other:?}"))),
+        };
+        prop_assert_eq!(s.stride(), stride);
+        prop_assert_eq!(s.batches().len(), batches.len());
+        for (b, (flags, cmd, points, ring)) in s.batches().iter().zip(&batches) {
+            prop_assert_eq!(b.flags, *flags);
+            prop_assert_eq!(b.ring_idx, *ring);
+            let want: Vec<u8> = cmd.iter().flat_map(|w| w.to_ne_bytes()).collect();
+            prop_assert_eq!(s.commands(b), &want[..]);
+            let got: Vec<(u32, u64)> = s.syncs(b).map(|p| (p.id, p.value)).collect();
+            prop_assert_eq!(&got, points);
+        }
+    }
+
+    /// A corrupted dword anywhere never panics, and whatever is accepted
+    /// still lies inside the payload, after the headers of its stride.
+    #[test]
+    fn corrupted_submit_cmd2_never_escapes_its_payload(
+        batches in cmd2_batches(),
+        six in any::<bool>(),
+        at in any::<prop::sample::Index>(),
+        value in prop_oneof![any::<u32>(), 0u32..64, Just(u32::MAX), Just(u32::MAX - 1)],
+    ) {
+        let stride = if six { SUBMIT_CMD2_STRIDE_6 } else { SUBMIT_CMD2_STRIDE_8 };
+        let mut payload = cmd2_payload(stride, true, &batches);
+        let i = at.index(payload.len());
+        payload[i] = value;
+        let buf = framed(&payload);
+        if let Ok(Decoded::Request(Request::SubmitCmd2(s), _)) = decode(&buf, &Limits::default()) {
+            let headers_end = 1 + s.stride() as usize * s.batches().len();
+            prop_assert!(headers_end <= payload.len());
+            for b in s.batches() {
+                // Both would panic on a range outside the payload.
+                let cmds = s.commands(b);
+                let syncs = s.syncs(b).count();
+                if !cmds.is_empty() {
+                    prop_assert!(b.cmd_offset as usize >= headers_end);
+                }
+                if syncs > 0 {
+                    prop_assert!(b.sync_offset as usize >= headers_end);
+                }
+            }
+        }
     }
 }

@@ -42,6 +42,9 @@ pub(crate) struct Dispatcher<B: Backend> {
     version: u32,
     capset: Option<u32>,
     context: Context,
+    /// The command that created the renderer context, and with it the first
+    /// object the client holds; from then on the version is fixed.
+    objects_since: Option<CommandId>,
     resources: Resources,
     syncs: Syncs,
     /// Implicit fences created, one per `SUBMIT_CMD`.
@@ -80,6 +83,7 @@ impl<B: Backend> Dispatcher<B> {
             version: 0,
             capset: None,
             context: Context::None,
+            objects_since: None,
             resources: Resources::default(),
             syncs: Syncs::default(),
             submitted: 0,
@@ -165,6 +169,9 @@ impl<B: Backend> Dispatcher<B> {
             (None, _) => return Err(SessionError::ContextMissing(command)),
         }
         self.dispatch(command, request)?;
+        if self.objects_since.is_none() && self.context != Context::None {
+            self.objects_since = Some(command);
+        }
         if self.backend.take_out_of_memory() {
             // The renderer carries on after a failed allocation, but the
             // client's rendering is incomplete from here: end it, saying why.
@@ -189,13 +196,7 @@ impl<B: Backend> Dispatcher<B> {
                 self.out.queue(&Reply::Ping);
                 Ok(())
             }
-            Request::ProtocolVersion { version } => {
-                self.version = negotiate(version, MAX_VERSION);
-                self.out.queue(&Reply::ProtocolVersion {
-                    version: self.version,
-                });
-                Ok(())
-            }
+            Request::ProtocolVersion { version } => self.protocol_version(version),
             Request::ResourceBusyWait { flags, .. } => self.busy_wait(flags),
             Request::ResourceCreate(args) => self.resource_create(command, args, 0),
             Request::ResourceCreate2 { args, data_size } => {
@@ -254,6 +255,26 @@ impl<B: Backend> Dispatcher<B> {
         }
         self.name = Some(name.to_vec());
         self.version = 0;
+        Ok(())
+    }
+
+    /// Negotiates the version; again as often as the client likes (Mesa 25
+    /// asks for 3, reads the caps, then asks for 2), but only until it has
+    /// objects: resources, syncs and fences made under one version's rules
+    /// (who picks handles, which replies carry headers) cannot switch to
+    /// another's, so a late PROTOCOL_VERSION ends the client, whatever it asks.
+    fn protocol_version(&mut self, requested: u32) -> Result<()> {
+        if let Some(since) = self.objects_since {
+            return Err(SessionError::Renegotiation {
+                requested,
+                version: self.version,
+                since,
+            });
+        }
+        self.version = negotiate(requested, MAX_VERSION);
+        self.out.queue(&Reply::ProtocolVersion {
+            version: self.version,
+        });
         Ok(())
     }
 

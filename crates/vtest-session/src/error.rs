@@ -55,6 +55,18 @@ pub enum SessionError {
         #[source]
         source: BackendError,
     },
+    /// `PROTOCOL_VERSION` after the client's first object: the renderer
+    /// context, made by `since` (CONTEXT_INIT, or the first resource, sync or
+    /// submission).
+    #[error(
+        "PROTOCOL_VERSION {requested} refused: version {version} is fixed since {since:?} \
+         created the client's first objects (re-negotiation is allowed only before that)"
+    )]
+    Renegotiation {
+        requested: u32,
+        version: u32,
+        since: CommandId,
+    },
     #[error("resource handle {0} already exists")]
     ResourceExists(u32),
     #[error("{command:?} on unknown resource {handle}")]

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
-use vtest_protocol::{Request, ResourceCreate, SyncWait, Transfer2, TransferBox};
+use vtest_protocol::{CommandId, Request, ResourceCreate, SyncWait, Transfer2, TransferBox};
 use vtest_session::{NullBackend, Session, SessionError, SessionLimits};
 
 struct Peer {
@@ -85,6 +85,13 @@ impl Peer {
         self.send(Request::ProtocolVersion { version });
         let expected = if version == 1 { 0 } else { version.min(3) };
         assert_eq!(self.read_words(3), [1, 11, expected]);
+    }
+
+    /// Sends `r` and hangs up: a session that does not refuse `r` then ends
+    /// with `Ok` at the EOF instead of waiting for more.
+    fn send_last(&mut self, r: Request<'_>) {
+        self.send(r);
+        self.stream.shutdown(std::net::Shutdown::Write).unwrap();
     }
 
     /// Closes the client side and returns how the session ended.
@@ -508,5 +515,122 @@ fn pipelined_and_fragmented_requests_are_framed() {
     p.stream.write_all(&all[40..]).unwrap();
     let replies = p.read_words(200);
     assert!(replies.chunks(2).all(|c| c == [0, 10]));
+    p.finish().unwrap();
+}
+
+#[test]
+fn renegotiation_is_allowed_until_the_first_object() {
+    // Mesa 25 virpipe: v3, the caps, then v2 again on the same connection.
+    let mut p = start(SessionLimits::default());
+    p.handshake(3);
+    p.send(Request::GetCaps2);
+    p.send(Request::GetCaps);
+    let [len, _] = p.read_words(2)[..] else {
+        panic!()
+    };
+    let mut caps = vec![0; len as usize - 1];
+    p.stream.read_exact(&mut caps).unwrap();
+    let [len, _] = p.read_words(2)[..] else {
+        panic!()
+    };
+    let mut caps = vec![0; len as usize - 1];
+    p.stream.read_exact(&mut caps).unwrap();
+    p.send(Request::PingProtocolVersion);
+    p.send(Request::ResourceBusyWait {
+        handle: 0,
+        flags: 0,
+    });
+    assert_eq!(p.read_words(5), [0, 10, 1, 7, 0]);
+    p.send(Request::ProtocolVersion { version: 2 });
+    assert_eq!(p.read_words(3), [1, 11, 2]);
+    // v2 rules now: the client's handle, no reply header, just the memfd.
+    p.send(Request::ResourceCreate2 {
+        args: texture(1),
+        data_size: 64,
+    });
+    let _fd = p.recv_fd();
+    // PING is still fine; PROTOCOL_VERSION is not, whatever it asks for.
+    p.send(Request::PingProtocolVersion);
+    assert_eq!(p.read_words(2), [0, 10]);
+    p.send_last(Request::ProtocolVersion { version: 2 });
+    let e = p.expect_error();
+    assert!(
+        matches!(
+            e,
+            SessionError::Renegotiation {
+                requested: 2,
+                version: 2,
+                since: CommandId::ResourceCreate2,
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("PROTOCOL_VERSION 2 refused"), "{e}");
+}
+
+#[test]
+fn renegotiation_after_a_sync_or_context_ends_the_client() {
+    let cases: [(Request<'static>, usize, CommandId); 3] = [
+        (Request::SyncCreate { value: 0 }, 3, CommandId::SyncCreate),
+        (
+            Request::ContextInit { capset: 2 },
+            0,
+            CommandId::ContextInit,
+        ),
+        // The context a command stream creates holds its fences.
+        (
+            Request::SubmitCmd { commands: &[] },
+            0,
+            CommandId::SubmitCmd,
+        ),
+    ];
+    for (first, reply_words, command) in cases {
+        let mut p = start(SessionLimits::default());
+        p.handshake(3);
+        p.send(first);
+        p.read_words(reply_words);
+        p.send_last(Request::ProtocolVersion { version: 2 });
+        match p.expect_error() {
+            SessionError::Renegotiation {
+                requested: 2,
+                version: 3,
+                since,
+            } => assert_eq!(since, command),
+            other => panic!("{command:?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn submit_cmd2_at_stride_6_signals_both_batches() {
+    let mut p = start(SessionLimits::default());
+    p.handshake(3);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        p.send(Request::SyncCreate { value: 0 });
+        ids.push(p.read_words(3)[2]);
+    }
+    // Mesa 25.0's layout: 6-dword headers, the commands, then the syncs.
+    #[rustfmt::skip]
+    let payload = words(&[
+        2,
+        0, 13, 1, 14, 1, 0, // batch 0: 1 command dword at 13, sync at 14
+        0, 14, 0, 17, 1, 0, // batch 1: no commands, sync at 17
+        0,                  // VIRGL_CCMD_NOP
+        ids[0], 7, 0,
+        ids[1], 9, 1,
+    ]);
+    let mut framed = words(&[payload.len() as u32 / 4, 24]);
+    framed.extend_from_slice(&payload);
+    let vtest_protocol::Decoded::Request(r, _) =
+        vtest_protocol::decode(&framed, &Default::default()).unwrap()
+    else {
+        panic!("SUBMIT_CMD2 does not decode")
+    };
+    p.send(r);
+    p.send(Request::SyncRead { id: ids[0] });
+    assert_eq!(p.read_words(4), [2, 21, 7, 0]);
+    p.send(Request::SyncRead { id: ids[1] });
+    assert_eq!(p.read_words(4), [2, 21, 9, 1]);
     p.finish().unwrap();
 }
