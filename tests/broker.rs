@@ -256,6 +256,17 @@ fn status_reflects_a_client_and_then_its_exit_reason() {
             && client["memory"]["data_kib"].as_u64().is_some_and(|k| k > 1 << 10)
     };
     assert!(eventually(10, shows_resources), "{}", server.status());
+    // What bounds a worker: here (no delegated cgroup v2) only per resource.
+    let limits = server.status()["memory_limits"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    assert!(
+        limits.starts_with("memory bounded only per resource")
+            || (v2 && limits.starts_with("per-worker cgroup")),
+        "{limits}"
+    );
     // A bad request ends it; status tells why.
     c.send_raw(&vtest_client::wire::message(99, &[])).unwrap();
     c.expect_disconnect(Duration::from_secs(5)).unwrap();

@@ -27,6 +27,10 @@ use crate::{admin, BrokerError, WorkerCommand};
 
 /// Recent client ends kept for `vtestd status`.
 const RECENT_EXITS: usize = 64;
+/// What bounds a worker without a delegated cgroup v2.
+const PER_RESOURCE_ONLY: &str = "memory bounded only per resource (max_resource_mib, \
+    max_shm_mib, RLIMIT_DATA, RLIMIT_FSIZE per memfd), threads only by the service's TasksMax";
+
 /// How long the start-up probe waits for a listener's first worker.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -130,6 +134,8 @@ pub struct Broker {
     recent: VecDeque<(Instant, ExitRecord)>,
     started: Instant,
     cgroups: Option<Cgroups>,
+    /// How a worker's memory and threads are bounded, for status and logs.
+    memory_limits: String,
     /// Sockets passed by systemd and not yet matched to a listener.
     activated: Vec<(Listener, Option<String>)>,
     notifier: Option<Notifier>,
@@ -262,6 +268,7 @@ impl Broker {
             recent: VecDeque::new(),
             started: Instant::now(),
             cgroups: None,
+            memory_limits: format!("{PER_RESOURCE_ONLY} (cgroups = false)"),
             activated: Vec::new(),
             notifier: Notifier::from_env(),
             reported_clients: None,
@@ -294,8 +301,15 @@ impl Broker {
                         server.worker_memory_mib, server.worker_pids
                     );
                     broker.cgroups = Some(c);
+                    broker.memory_limits = format!(
+                        "per-worker cgroup: memory.max {} MiB, pids.max {}",
+                        server.worker_memory_mib, server.worker_pids
+                    );
                 }
-                Err(why) => info!("per-worker cgroup limits skipped: {why}"),
+                Err(why) => {
+                    broker.memory_limits = format!("{PER_RESOURCE_ONLY} (cgroups: {why})");
+                    info!("per-worker cgroup limits skipped: {}", broker.memory_limits);
+                }
             }
         }
         Ok(broker)
@@ -691,7 +705,14 @@ impl Broker {
                 return None;
             }
         };
-        let (pid, log) = match l.command.spawn(theirs.into_fd(), uid) {
+        // With per-worker cgroups, the worker waits until it is in its
+        // cgroup before its sandbox forks the PID-namespace child, which
+        // would otherwise race the move and start outside the limits.
+        let mut command = l.command.clone();
+        if self.cgroups.is_some() {
+            command.args.push("--wait-for-cgroup".into());
+        }
+        let (pid, log) = match command.spawn(theirs.into_fd(), uid) {
             Ok(spawned) => spawned,
             Err(e) => {
                 error!(listener = %l.config.name, error = %e, "cannot start a worker");
@@ -700,16 +721,19 @@ impl Broker {
         };
         let name = l.config.name.clone();
         self.counters.workers_started += 1;
-        self.workers.insert(pid, &name, ours, log, role);
+        let mut cgroup = None;
         if let Some(cg) = &self.cgroups {
             match cg.add(pid) {
-                Ok(dir) => {
-                    if let Some(w) = self.workers.get_mut(pid) {
-                        w.cgroup = Some(dir);
-                    }
-                }
+                Ok(dir) => cgroup = Some(dir),
                 Err(e) => warn!(worker = pid, error = %e, "cgroup limits not applied"),
             }
+            if let Err(e) = ours.send(&BrokerMsg::CgroupJoined, &[]) {
+                warn!(worker = pid, error = %e, "control channel");
+            }
+        }
+        self.workers.insert(pid, &name, ours, log, role);
+        if let Some(w) = self.workers.get_mut(pid) {
+            w.cgroup = cgroup;
         }
         debug!(worker = pid, listener = %name, "worker started");
         Some(pid)
@@ -955,6 +979,7 @@ impl Broker {
             clients,
             recent_exits,
             counters: self.counters.clone(),
+            memory_limits: self.memory_limits.clone(),
         }
     }
 

@@ -19,6 +19,10 @@ pub struct Status {
     /// The most recent client ends, newest first.
     pub recent_exits: Vec<ExitRecord>,
     pub counters: Counters,
+    /// What bounds each worker's memory and threads: a delegated cgroup,
+    /// or only the per-resource limits and rlimits.
+    #[serde(default)]
+    pub memory_limits: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -208,6 +212,7 @@ impl Status {
             "vtestd {} (pid {}), up {} s",
             self.version, self.pid, self.uptime_secs
         );
+        let _ = writeln!(out, "worker limits: {}", self.memory_limits);
         let _ = writeln!(out, "\nlisteners:");
         for l in &self.listeners {
             let _ = writeln!(

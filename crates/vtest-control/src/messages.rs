@@ -11,6 +11,10 @@ pub enum BrokerMsg {
     Attach { client: ClientInfo, limits: Limits },
     /// Finish the current client (if any) and exit.
     Shutdown,
+    /// The worker is in its cgroup: it may confine itself now (the sandbox
+    /// forks its PID-namespace child, which must start inside the cgroup).
+    /// Sent only to workers started with `--wait-for-cgroup`.
+    CgroupJoined,
 }
 
 /// Who the attached client is, as the broker saw it on accept.

@@ -183,7 +183,7 @@ fn garbage_packet_is_decode_error_and_channel_stays_usable() {
         Err(ControlError::Decode(_))
     ));
     // Right version, then a variant index BrokerMsg does not have.
-    raw_send(&a, &[PROTOCOL_VERSION as u8, 2], &[]);
+    raw_send(&a, &[PROTOCOL_VERSION as u8, 3], &[]);
     assert!(matches!(
         b.recv::<BrokerMsg>(),
         Err(ControlError::Decode(_))

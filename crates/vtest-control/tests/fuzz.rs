@@ -84,6 +84,7 @@ fn broker_msg() -> impl Strategy<Value = BrokerMsg> {
             }
         }),
         Just(BrokerMsg::Shutdown),
+        Just(BrokerMsg::CgroupJoined),
     ]
 }
 

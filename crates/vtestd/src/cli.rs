@@ -65,6 +65,10 @@ pub struct WorkerArgs {
     /// Apply the sandbox, print what this host allowed of each layer, exit.
     #[arg(long)]
     pub check_sandbox: bool,
+    /// Wait for the broker to put this process in its cgroup before the
+    /// sandbox forks (so that every process of the worker is limited).
+    #[arg(long)]
+    pub wait_for_cgroup: bool,
 }
 
 impl WorkerArgs {

@@ -85,6 +85,20 @@ pub fn run(args: WorkerArgs) -> ExitCode {
             return Exit::ControlFailed.into();
         }
     };
+    if args.wait_for_cgroup {
+        match channel.recv::<BrokerMsg>() {
+            Ok((BrokerMsg::CgroupJoined, _)) => {}
+            Ok((BrokerMsg::Shutdown, _)) => return Exit::Clean.into(),
+            Ok((other, _)) => {
+                warn!(message = ?other, "expected CgroupJoined");
+                return Exit::ControlFailed.into();
+            }
+            Err(e) => {
+                warn!(error = %e, "control channel");
+                return Exit::ControlFailed.into();
+            }
+        }
+    }
     let rlimits = args.rlimits();
     #[cfg(debug_assertions)]
     let rlimits = test_hooks::rlimits(rlimits);
@@ -131,6 +145,10 @@ pub fn run(args: WorkerArgs) -> ExitCode {
             }
         },
         Ok((BrokerMsg::Shutdown, _)) => return Exit::Clean.into(),
+        Ok((BrokerMsg::CgroupJoined, _)) => {
+            warn!("CgroupJoined after Ready");
+            return Exit::ControlFailed.into();
+        }
         Err(e) => {
             warn!(error = %e, "control channel");
             return Exit::ControlFailed.into();
