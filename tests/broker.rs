@@ -584,3 +584,56 @@ fn unsafe_socket_paths_are_refused() {
     assert!(running, "{log}");
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// A reload that removes a listener, handled in the same poll round as a
+/// connection on a listener after it: the connection is accepted by the
+/// listener it came to (events name listeners by stable id, not by their
+/// position before the reload, which would be out of range here).
+#[test]
+fn a_reload_removing_a_listener_does_not_misroute_ready_connections() {
+    let dir = common::server::unique_dir("reload-ids");
+    let (a, b) = (dir.join("a.sock"), dir.join("b.sock"));
+    let listener = |name: &str, path: &std::path::Path| {
+        format!(
+            "[[listener]]\nname = \"{name}\"\npath = \"{}\"\npool = 0\n",
+            path.display()
+        )
+    };
+    let config = dir.join("vtestd.toml");
+    fs::write(&config, listener("a", &a) + &listener("b", &b)).unwrap();
+    let log = dir.join("log");
+    let mut child = Command::new(common::server::vtestd_bin())
+        .arg("serve")
+        .arg(format!("--config={}", config.display()))
+        .arg(format!(
+            "--admin-socket={}",
+            dir.join("admin.sock").display()
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = Pid::from_raw(child.id() as i32);
+    let text = || fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        eventually(20, || text().matches("a worker started").count() == 2),
+        "{}",
+        text()
+    );
+    // Both the reload and the connection wait for one poll round.
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let mut client = Client::connect(&b).unwrap();
+    fs::write(&config, listener("b", &b)).unwrap();
+    kill(pid, Signal::SIGHUP).unwrap();
+    kill(pid, Signal::SIGCONT).unwrap();
+    let served = client.handshake("after-reload", 2);
+    let alive = matches!(child.try_wait(), Ok(None));
+    drop(client);
+    let _ = kill(pid, Signal::SIGTERM);
+    let _ = child.wait();
+    let log = text();
+    let _ = fs::remove_dir_all(&dir);
+    assert!(served.is_ok() && alive, "{served:?}\n{log}");
+    assert!(log.contains("listener removed"), "{log}");
+    assert!(log.contains("listener=b"), "{log}");
+}

@@ -60,6 +60,9 @@ pub struct BrokerConfig {
 }
 
 struct ListenerState {
+    /// Stable for the broker's life (a reload can remove or reorder
+    /// listeners; an index collected before it would name another).
+    id: u64,
     config: ListenerConfig,
     socket: Option<Listener>,
     command: WorkerCommand,
@@ -110,13 +113,16 @@ struct Waiting {
     since: Instant,
 }
 
+/// What poll found ready, by stable ids (listener id, worker pid, client
+/// id): a handler that runs first (a reload, a stop, a hand-over) may
+/// change the tables, so nothing is named by its position in them.
 enum Event {
     Signal,
-    Accept(usize),
+    Accept(u64),
     Admin,
     Worker(u32),
     WorkerLog(u32),
-    Waiting(usize),
+    Waiting(u64),
 }
 
 /// A running broker.
@@ -130,6 +136,7 @@ pub struct Broker {
     workers: Workers,
     waiting: Vec<Waiting>,
     next_client_id: u64,
+    next_listener_id: u64,
     counters: Counters,
     recent: VecDeque<(Instant, ExitRecord)>,
     started: Instant,
@@ -264,6 +271,7 @@ impl Broker {
             workers: Workers::default(),
             waiting: Vec::new(),
             next_client_id: 1,
+            next_listener_id: 0,
             counters: Counters::default(),
             recent: VecDeque::new(),
             started: Instant::now(),
@@ -364,7 +372,9 @@ impl Broker {
                 info!(listener = %lc.name,
                       "no pre-started workers: the shader cache is per client uid");
             }
+            self.next_listener_id += 1;
             self.listeners.push(ListenerState {
+                id: self.next_listener_id,
                 config: lc.clone(),
                 socket: Some(socket),
                 command,
@@ -416,11 +426,20 @@ impl Broker {
             for event in self.wait()? {
                 match event {
                     Event::Signal => self.handle_signals(),
-                    Event::Accept(i) => self.accept_all(i),
+                    Event::Accept(id) => {
+                        if let Some(i) = self.listeners.iter().position(|l| l.id == id) {
+                            self.accept_all(i);
+                        }
+                    }
                     Event::Admin => self.serve_admin(),
                     Event::Worker(pid) => self.workers.drain(pid),
                     Event::WorkerLog(pid) => self.workers.relay_log(pid),
-                    Event::Waiting(i) => self.check_waiting(i),
+                    Event::Waiting(id) => {
+                        if let Some(i) = self.waiting.iter().position(|w| w.client.client_id == id)
+                        {
+                            self.check_waiting(i);
+                        }
+                    }
                 }
             }
             self.periodic();
@@ -506,10 +525,10 @@ impl Broker {
         let now = Instant::now();
         let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
         let mut events = vec![Event::Signal];
-        for (i, l) in self.listeners.iter().enumerate() {
+        for l in &self.listeners {
             if let Some(s) = l.socket.as_ref().filter(|_| !l.accept.paused(now)) {
                 fds.push(PollFd::new(s.socket.as_fd(), PollFlags::POLLIN));
-                events.push(Event::Accept(i));
+                events.push(Event::Accept(l.id));
             }
         }
         if let Some(a) = self
@@ -530,9 +549,9 @@ impl Broker {
             fds.push(PollFd::new(log, PollFlags::POLLIN));
             events.push(Event::WorkerLog(pid));
         }
-        for (i, w) in self.waiting.iter().enumerate() {
+        for w in &self.waiting {
             fds.push(PollFd::new(w.stream.as_fd(), PollFlags::POLLIN));
-            events.push(Event::Waiting(i));
+            events.push(Event::Waiting(w.client.client_id));
         }
         let timers = self
             .notifier
@@ -562,17 +581,11 @@ impl Broker {
             .iter()
             .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
             .collect();
-        let mut out: Vec<Event> = events
+        Ok(events
             .into_iter()
             .zip(ready)
             .filter_map(|(e, r)| r.then_some(e))
-            .collect();
-        // Waiting indices shift as entries leave: handle them last, highest first.
-        out.sort_by_key(|e| match e {
-            Event::Waiting(i) => usize::MAX - i,
-            _ => 0,
-        });
-        Ok(out)
+            .collect())
     }
 
     fn handle_signals(&mut self) {
