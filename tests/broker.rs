@@ -637,3 +637,29 @@ fn a_reload_removing_a_listener_does_not_misroute_ready_connections() {
     assert!(log.contains("listener removed"), "{log}");
     assert!(log.contains("listener=b"), "{log}");
 }
+
+/// A flood of refused connections is logged once per streak, then as one
+/// count: it cannot bury other lines under the journal's rate limit.
+#[test]
+fn refused_connections_are_logged_once_per_streak() {
+    let config = "[[listener]]\nname = \"default\"\nallowed_uids = [12345]\n";
+    let server = Server::start_with_config(config, &[]);
+    for _ in 0..100 {
+        let mut s = UnixStream::connect(server.socket_path()).expect("connect");
+        let mut b = [0u8; 1];
+        let _ = std::io::Read::read(&mut s, &mut b);
+    }
+    assert!(
+        eventually(5, || server
+            .log_text()
+            .contains("peer not allowed: 99 more")),
+        "{}",
+        server.log_text()
+    );
+    let log = server.log_text();
+    assert_eq!(
+        log.matches("client refused: peer not allowed").count(),
+        2,
+        "{log}"
+    );
+}

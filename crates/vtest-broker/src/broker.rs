@@ -113,6 +113,53 @@ struct Waiting {
     since: Instant,
 }
 
+/// Refused connections are logged once per streak: the first with the
+/// peer's identity, the rest as one count when the streak ends (a second
+/// without one) or every [`REFUSAL_SUMMARY`] while it lasts, so that a
+/// flood of refused connections cannot bury other lines under the
+/// journal's rate limit.
+#[derive(Default)]
+struct Refusals {
+    /// reason → (started, last refusal, refusals not yet logged).
+    streaks: std::collections::BTreeMap<&'static str, (Instant, Instant, u64)>,
+}
+
+const REFUSAL_STREAK_GAP: Duration = Duration::from_secs(1);
+const REFUSAL_SUMMARY: Duration = Duration::from_secs(10);
+
+impl Refusals {
+    /// Records one refusal; true when it starts a streak (log it in full).
+    fn first(&mut self, reason: &'static str, now: Instant) -> bool {
+        match self.streaks.get_mut(reason) {
+            Some((_, last, n)) => {
+                *last = now;
+                *n += 1;
+                false
+            }
+            None => {
+                self.streaks.insert(reason, (now, now, 0));
+                true
+            }
+        }
+    }
+
+    /// Streaks that ended or ran long: (reason, unlogged count, seconds).
+    fn ended(&mut self, now: Instant) -> Vec<(&'static str, u64, f64)> {
+        let mut out = Vec::new();
+        self.streaks.retain(|reason, (start, last, n)| {
+            let over = now.duration_since(*last) >= REFUSAL_STREAK_GAP;
+            let long = now.duration_since(*start) >= REFUSAL_SUMMARY;
+            if (over || long) && *n > 0 {
+                out.push((*reason, *n, now.duration_since(*start).as_secs_f64()));
+                *n = 0;
+                *start = now;
+            }
+            !over
+        });
+        out
+    }
+}
+
 /// What poll found ready, by stable ids (listener id, worker pid, client
 /// id): a handler that runs first (a reload, a stop, a hand-over) may
 /// change the tables, so nothing is named by its position in them.
@@ -137,6 +184,7 @@ pub struct Broker {
     waiting: Vec<Waiting>,
     next_client_id: u64,
     next_listener_id: u64,
+    refusals: Refusals,
     counters: Counters,
     recent: VecDeque<(Instant, ExitRecord)>,
     started: Instant,
@@ -272,6 +320,7 @@ impl Broker {
             waiting: Vec::new(),
             next_client_id: 1,
             next_listener_id: 0,
+            refusals: Refusals::default(),
             counters: Counters::default(),
             recent: VecDeque::new(),
             started: Instant::now(),
@@ -559,6 +608,7 @@ impl Broker {
             .is_some_and(|n| n.interval().is_some())
             || self.workers.len() > 0
             || !self.waiting.is_empty()
+            || !self.refusals.streaks.is_empty()
             || self.listeners.iter().any(|l| l.backoff_until.is_some());
         let tick = self
             .notifier
@@ -783,9 +833,11 @@ impl Broker {
         }
     }
 
-    fn refuse(&mut self, reason: &str, client: &ClientInfo) {
-        warn!(listener = %client.listener, peer_pid = client.pid, uid = client.uid,
-              gid = client.gid, "client refused: {reason}");
+    fn refuse(&mut self, reason: &'static str, client: &ClientInfo) {
+        if self.refusals.first(reason, Instant::now()) {
+            warn!(listener = %client.listener, peer_pid = client.pid, uid = client.uid,
+                  gid = client.gid, "client refused: {reason}");
+        }
         *self
             .counters
             .clients_refused
@@ -998,6 +1050,12 @@ impl Broker {
 
     /// Timers: hang watchdog, silent clients' idle limit, the stop sequence.
     fn periodic(&mut self) {
+        for (reason, n, secs) in self.refusals.ended(Instant::now()) {
+            warn!(
+                count = n,
+                secs, "client refused: {reason}: {n} more in {secs:.1} s"
+            );
+        }
         let hang = Duration::from_secs(self.settings.config.server.hang_timeout_secs);
         if !hang.is_zero() {
             self.workers.watchdog(hang);
@@ -1084,5 +1142,38 @@ fn client_status(
         connected_secs: since.elapsed().as_secs_f64(),
         stats,
         memory: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_logged_once_per_streak_with_a_count() {
+        let mut r = Refusals::default();
+        let t0 = Instant::now();
+        assert!(r.first("peer not allowed", t0));
+        for i in 1..=99 {
+            assert!(!r.first("peer not allowed", t0 + Duration::from_millis(i)));
+        }
+        // Another reason has its own streak.
+        assert!(r.first("max_clients reached", t0));
+        assert!(r.ended(t0 + Duration::from_millis(500)).is_empty());
+        let ended = r.ended(t0 + Duration::from_millis(1200));
+        assert_eq!(ended.len(), 1, "{ended:?}");
+        assert_eq!((ended[0].0, ended[0].1), ("peer not allowed", 99));
+        // Both streaks are over: the next refusal is logged in full again.
+        assert!(r.first("peer not allowed", t0 + Duration::from_secs(2)));
+        assert!(r.first("max_clients reached", t0 + Duration::from_secs(2)));
+        // A long streak is summarised every REFUSAL_SUMMARY while it lasts.
+        let mut t = t0 + Duration::from_secs(2);
+        let mut summaries = 0;
+        for _ in 0..300 {
+            t += Duration::from_millis(100);
+            r.first("peer not allowed", t);
+            summaries += r.ended(t).len();
+        }
+        assert_eq!(summaries, 3, "30 s of refusals: one summary per 10 s");
     }
 }
