@@ -22,14 +22,14 @@ use crate::error::RendererError;
 ///
 /// # Concurrent access
 ///
-/// The client may write to the memory at any time, including while a slice
-/// returned by [`SharedMemory::as_slice`] or [`SharedMemory::as_mut_slice`]
-/// is alive. The contents are plain bytes with no validity invariant, so the
-/// worst a racing client can cause is torn or unexpected values; callers must
-/// treat every byte read from it as untrusted and may not rely on values being
-/// stable between two reads. This is the same contract as the reference
-/// `virgl_test_server` and as virglrenderer itself, which reads and writes
-/// the mapping through the attached `iovec`.
+/// The client may write to the memory at any time. A Rust reference (`&[u8]`
+/// or `&mut [u8]`) into memory that another process writes concurrently is
+/// undefined behaviour by Rust's rules (the compiler may assume it does not
+/// change), so none is ever made: Rust code reaches the bytes only through
+/// [`SharedMemory::read_at`] and [`SharedMemory::write_at`], which copy with
+/// volatile accesses (as `vm-memory`'s `VolatileSlice` does). Every byte
+/// read is untrusted and may differ between two reads. virglrenderer (C)
+/// reads and writes the mapping through the attached `iovec`.
 #[derive(Debug)]
 pub struct SharedMemory {
     /// The memfd, until it is handed to the client ([`SharedMemory::take_fd`]):
@@ -115,21 +115,49 @@ impl SharedMemory {
         self.ptr.as_ptr().cast()
     }
 
-    /// The mapping as bytes. See the type docs about concurrent client writes.
-    pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: `ptr` is a live mapping of `len` readable bytes owned by
-        // `self`; the borrow of `self` keeps it mapped. Other writers are only
-        // the client process and virglrenderer (see the type docs: plain
-        // bytes, same contract as the reference server).
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    /// The byte range `at..at + n`, if it lies inside the mapping.
+    fn range(&self, at: usize, n: usize) -> Result<*mut u8, RendererError> {
+        match at.checked_add(n) {
+            Some(end) if end <= self.len => {
+                // SAFETY: `at <= len`, so the offset stays inside (or one
+                // past the end of) the mapping.
+                Ok(unsafe { self.ptr.as_ptr().add(at) })
+            }
+            _ => Err(RendererError::InvalidArgument(
+                "range outside the shared memory",
+            )),
+        }
     }
 
-    /// The mapping as mutable bytes. See the type docs about concurrent
-    /// client writes.
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as in `as_slice`, and the mapping is writable; `&mut self`
-        // guarantees no other Rust reference into it exists.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    /// Copies `dst.len()` bytes from offset `at` of the mapping, with
+    /// volatile reads (the client may be writing them at the same time).
+    pub fn read_at(&self, at: usize, dst: &mut [u8]) -> Result<(), RendererError> {
+        let src = self.range(at, dst.len())?;
+        for (i, d) in dst.iter_mut().enumerate() {
+            // SAFETY: `src + i` lies inside the live mapping (checked by
+            // `range`); a volatile read of a plain byte has no validity
+            // requirement and makes no reference into shared memory.
+            *d = unsafe { src.add(i).read_volatile() };
+        }
+        Ok(())
+    }
+
+    /// Copies `src` to offset `at` of the mapping, with volatile writes.
+    pub fn write_at(&self, at: usize, src: &[u8]) -> Result<(), RendererError> {
+        let dst = self.range(at, src.len())?;
+        for (i, s) in src.iter().enumerate() {
+            // SAFETY: as in `read_at`; the mapping is writable (PROT_WRITE).
+            unsafe { dst.add(i).write_volatile(*s) };
+        }
+        Ok(())
+    }
+
+    /// The whole mapping, copied out (tests, small resources).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = vec![0u8; self.len];
+        // The whole mapping is always in range.
+        let _ = self.read_at(0, &mut v);
+        v
     }
 }
 
@@ -199,16 +227,18 @@ mod tests {
 
     #[test]
     fn writes_are_visible_through_the_fd() {
-        let mut shm = SharedMemory::new("visible", 8192).unwrap();
+        let shm = SharedMemory::new("visible", 8192).unwrap();
         assert_eq!(shm.len(), 8192);
         assert!(!shm.is_empty());
-        assert!(shm.as_slice().iter().all(|&b| b == 0));
-        for (i, b) in shm.as_mut_slice().iter_mut().enumerate() {
-            *b = (i % 251) as u8;
-        }
+        assert!(shm.to_vec().iter().all(|&b| b == 0));
+        let pattern: Vec<u8> = (0..8192).map(|i| (i % 251) as u8).collect();
+        shm.write_at(0, &pattern).unwrap();
         let mut buf = vec![0u8; 8192];
         assert_eq!(pread(shm.fd().unwrap(), &mut buf, 0).unwrap(), 8192);
-        assert_eq!(buf, shm.as_slice());
+        assert_eq!(buf, shm.to_vec());
+        // Out of range, or wrapping, is refused.
+        assert!(shm.write_at(8190, &[1, 2, 3]).is_err());
+        assert!(shm.read_at(usize::MAX, &mut [0u8; 2]).is_err());
 
         // A second, independent mapping of the same fd sees the same bytes,
         // and writes through it are visible through ours (what a client does).
@@ -225,23 +255,25 @@ mod tests {
             )
         }
         .unwrap();
-        // SAFETY: `other` maps 8192 readable and writable bytes.
-        let other_slice =
-            unsafe { std::slice::from_raw_parts_mut(other.as_ptr().cast::<u8>(), 8192) };
-        assert_eq!(other_slice, shm.as_slice());
-        other_slice[100] = 0xAB;
-        assert_eq!(shm.as_slice()[100], 0xAB);
-        // SAFETY: unmapping the mapping created above; `other_slice` is dead.
+        let other_byte = |i: usize| other.as_ptr().cast::<u8>().wrapping_add(i);
+        // SAFETY: `other` maps 8192 readable and writable bytes; volatile
+        // accesses, as a client's writes are concurrent in real use.
+        unsafe { other_byte(100).write_volatile(0xAB) };
+        let mut b = [0u8; 1];
+        shm.read_at(100, &mut b).unwrap();
+        assert_eq!(b[0], 0xAB);
+        shm.write_at(200, &[0xCD]).unwrap();
+        // SAFETY: as above.
+        assert_eq!(unsafe { other_byte(200).read_volatile() }, 0xCD);
+        // SAFETY: unmapping the mapping created above; no pointer into it is used again.
         unsafe { munmap(other, 8192) }.unwrap();
     }
 
     #[test]
     fn can_move_to_another_thread() {
-        let mut shm = SharedMemory::new("send", 16).unwrap();
-        shm.as_mut_slice()[0] = 7;
-        let v = std::thread::spawn(move || shm.as_slice()[0])
-            .join()
-            .unwrap();
+        let shm = SharedMemory::new("send", 16).unwrap();
+        shm.write_at(0, &[7]).unwrap();
+        let v = std::thread::spawn(move || shm.to_vec()[0]).join().unwrap();
         assert_eq!(v, 7);
     }
 }

@@ -89,9 +89,9 @@ fn capsets(r: &Renderer) {
 }
 
 fn texture_round_trips(r: &mut Renderer) {
-    let mut shm = SharedMemory::new("tex", TEX_BYTES).unwrap();
+    let shm = SharedMemory::new("tex", TEX_BYTES).unwrap();
     let p1 = pattern(1);
-    shm.as_mut_slice().copy_from_slice(&p1);
+    shm.write_at(0, &p1).unwrap();
     r.resource_create(CTX, &tex_args(TEX), Some(shm)).unwrap();
     assert!(r.has_resource(TEX));
     assert!(matches!(
@@ -115,11 +115,11 @@ fn texture_round_trips(r: &mut Renderer) {
     assert!(r
         .resource_backing(TEX)
         .unwrap()
-        .as_slice()
+        .to_vec()
         .iter()
         .all(|&b| b == 0));
     r.transfer_read(CTX, &t, None).unwrap();
-    assert_eq!(r.resource_backing(TEX).unwrap().as_slice(), &p1[..]);
+    assert_eq!(r.resource_backing(TEX).unwrap().to_vec(), p1);
 
     // Explicit-buffer path.
     let p2 = pattern(99);

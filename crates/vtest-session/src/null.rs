@@ -172,7 +172,9 @@ impl Backend for NullBackend {
                 dst[..n].copy_from_slice(&src[..n]);
             }
             None => match &mut r.backing {
-                Some(b) if b.len() >= range.end => b.as_mut_slice()[range].copy_from_slice(src),
+                Some(b) if b.len() >= range.end => b
+                    .write_at(range.start, src)
+                    .map_err(|e| BackendError::new("transfer", e.to_string()))?,
                 _ => return Err(BackendError::new("transfer", "no backing")),
             },
         }
@@ -193,9 +195,9 @@ impl Backend for NullBackend {
                 r.contents[range.start..range.start + n].copy_from_slice(&src[..n]);
             }
             None => match &r.backing {
-                Some(b) if b.len() >= range.end => {
-                    r.contents[range.clone()].copy_from_slice(&b.as_slice()[range])
-                }
+                Some(b) if b.len() >= range.end => b
+                    .read_at(range.start, &mut r.contents[range.clone()])
+                    .map_err(|e| BackendError::new("transfer", e.to_string()))?,
                 _ => return Err(BackendError::new("transfer", "no backing")),
             },
         }
