@@ -472,7 +472,10 @@ def main():
     reference_env = dict(os.environ)
     cache_dirs = []
     if args.shader_cache == "on":
-        cache_dirs = [tempfile.mkdtemp(prefix="bench-cache-") for _ in range(2)]
+        # Outside /tmp: each vtestd worker assembles its private root there.
+        base = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target")
+        os.makedirs(base, exist_ok=True)
+        cache_dirs = [tempfile.mkdtemp(prefix="bench-cache-", dir=base) for _ in range(2)]
         if not args.vtestd_cmd:
             vtestd_argv.append("--shader-cache-dir=" + cache_dirs[0])
         reference_env.pop("MESA_SHADER_CACHE_DISABLE", None)

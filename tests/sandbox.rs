@@ -349,3 +349,63 @@ fn a_render_node_without_a_hardware_renderer_is_served_with_the_llvmpipe_profile
     assert!(!log.contains("seccomp violation"), "{log}");
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// The opt-in shader cache works under the production sandbox: Mesa's
+/// single-file cache is opened while the worker initialises and written
+/// through its fds once serving (flock, a lower-priority writer thread),
+/// with no file opened in steady state and no SIGSYS.
+#[test]
+fn the_shader_cache_works_under_the_production_sandbox() {
+    let xvfb = Xvfb::start();
+    let cache = common::mesa::work_dir("shader-cache");
+    let arg = format!("--shader-cache-dir={}", cache.display());
+    let server = Server::start_with(ServerKind::Vtestd, &[arg.as_str()]);
+    for round in 0..2 {
+        let dir = common::mesa::work_dir("glmark2-cache");
+        let cmd = common::mesa::mesa_command(
+            &server,
+            &xvfb,
+            "glmark2",
+            &["--off-screen", "-b", "shading:duration=1"],
+        );
+        let out = common::mesa::run_client(cmd, &dir, "glmark2", Duration::from_secs(120));
+        assert!(
+            out.success() && common::mesa::glmark2_score(&out.stdout).unwrap_or(0) > 0,
+            "round {round}: {}",
+            common::mesa::failure("glmark2 with the shader cache", &out, &server, &xvfb)
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+    let log = server.log_text();
+    assert!(!log.contains("seccomp violation"), "{log}");
+    assert!(
+        !log.contains("for shader cache"),
+        "Mesa disabled the cache:\n{log}"
+    );
+    // The entries went into this uid's directory, in the single file.
+    let entries: u64 = walk(&cache)
+        .iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "foz_cache.foz"))
+        .map(|p| fs::metadata(p).map_or(0, |m| m.len()))
+        .sum();
+    assert!(
+        entries > 1024,
+        "no shader cache entries under {}",
+        cache.display()
+    );
+    assert!(cache.join("uid-0").is_dir());
+    let _ = fs::remove_dir_all(&cache);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -192,6 +192,20 @@ impl Default for Config {
 
 /// Where the admin socket lives by default: `/run/vtestd/` for root, the
 /// user's runtime directory otherwise.
+/// A shader cache directory a worker's sandbox can bind: absolute and not
+/// under /tmp, where each worker assembles its private root (a directory
+/// there is hidden by it).
+pub fn check_shader_cache_dir(dir: &Path) -> Result<(), String> {
+    if !dir.is_absolute() || dir.starts_with("/tmp") {
+        return Err(format!(
+            "shader_cache_dir {} must be an absolute path outside /tmp (workers assemble \
+             their root in /tmp), e.g. /var/cache/vtestd",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
 pub fn default_admin_socket() -> PathBuf {
     if nix::unistd::geteuid().is_root() {
         return PathBuf::from("/run/vtestd/admin.sock");
@@ -260,6 +274,9 @@ impl Config {
             }
             if l.pool > 64 {
                 return Err(format!("listener {:?}: pool {} > 64", l.name, l.pool));
+            }
+            if let Some(dir) = &l.shader_cache_dir {
+                check_shader_cache_dir(dir).map_err(|e| format!("listener {:?}: {e}", l.name))?;
             }
             for layer in &l.sandbox_allow_missing {
                 let optional = [

@@ -84,8 +84,15 @@ impl WorkerCommand {
                     .recursive(true)
                     .mode(0o700)
                     .create(&dir)?;
+                for var in SHADER_CACHE_VARS {
+                    cmd.env_remove(var);
+                }
                 cmd.env_remove("MESA_SHADER_CACHE_DISABLE");
                 cmd.env("MESA_SHADER_CACHE_DIR", dir);
+                // One file, opened while the worker initialises (files
+                // cannot be opened once it serves): Mesa 22.3 and 25 both
+                // have this mode.
+                cmd.env("MESA_DISK_CACHE_SINGLE_FILE", "1");
             }
             None => {
                 // Whatever the broker's own environment says: a cache

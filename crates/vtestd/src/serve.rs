@@ -59,6 +59,9 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     if args.no_loop_or_fork {
         warn!("--no-loop-or-fork: serving one client in its own worker, then exiting");
     }
+    if let Some(dir) = &args.shader_cache_dir {
+        vtest_broker::config::check_shader_cache_dir(dir)?;
+    }
     let config = Config::load_or_default(args.config.config.as_deref())?;
     let overrides = overrides(&args);
     let mut effective = config.clone();
