@@ -762,7 +762,9 @@ fn silent_connections(a: &mut Arena) -> Outcome {
         "nothing; the {}th connection of the uid and later: EOF (cap of 64 per uid)",
         held + 2
     ))
-    .log_n("max_clients_per_uid reached", refused.len())
+    // Once per streak (the first with the peer's identity); the rest are
+    // counted in one line when the streak ends, and in the status counters.
+    .log_n("client refused: max_clients_per_uid reached", 1)
 }
 
 fn one_byte_then_silence(a: &mut Arena) -> Outcome {
