@@ -132,7 +132,7 @@ stage() {
     cat /etc/debian_version; pkg-config --modversion virglrenderer
     cargo build --locked --workspace --all-targets
     lap build
-    cargo test --locked --workspace -- --test-threads=1
+    cargo test --locked --no-fail-fast --workspace -- --test-threads=1
     lap "cargo test --workspace"
     VTESTD_TEST_SERVER=reference cargo test --locked --test protocol -- --test-threads=1
     lap "protocol suite against virgl_test_server 1.1.0"

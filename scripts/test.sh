@@ -22,7 +22,7 @@ export VTESTD_REQUIRE_DEBIAN13=1
 lap "Debian 13 root"
 # One test at a time inside each binary: the end-to-end tests start servers,
 # Xvfb and Mesa clients, and the machine may have only two cores.
-cargo test --locked --workspace -- --test-threads=1
+cargo test --locked --no-fail-fast --workspace -- --test-threads=1
 lap "cargo test --workspace"
 # Every backend under the production sandbox: the Mesa suite on GLES too
 # (render nodes where the machine has one: VTESTD_TEST_BACKEND=render-node).
