@@ -28,6 +28,13 @@ lap "cargo test --workspace"
 # (render nodes where the machine has one: VTESTD_TEST_BACKEND=render-node).
 VTESTD_TEST_BACKEND=gles cargo test --locked --test mesa -- --test-threads=1
 lap "Mesa suite, GLES backend"
+for node in /dev/dri/renderD*; do
+  [ -e "$node" ] || continue
+  VTESTD_TEST_BACKEND=render-node VTESTD_TEST_RENDER_NODE="$node" \
+    cargo test --locked --test mesa --test sandbox -- --test-threads=1
+  lap "Mesa and sandbox suites, render node $node"
+  break
+done
 ./fuzz/run-ci.sh
 lap "fuzz"
 # The same on Debian 13 (virglrenderer 1.1, Mesa 25), built there.
