@@ -5,6 +5,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -662,4 +663,156 @@ fn refused_connections_are_logged_once_per_streak() {
         2,
         "{log}"
     );
+}
+
+/// `vtestd status` against `server`'s admin socket as `uid`, with primary
+/// group `gid` and supplementary `groups` (none: `--clear-groups`).
+fn status_as(server: &Server, uid: u32, gid: u32, groups: Option<u32>) -> std::process::Output {
+    let groups = groups.map_or("--clear-groups".to_string(), |g| format!("--groups={g}"));
+    Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .arg(groups)
+        .arg(common::server::vtestd_bin())
+        .args(["status", "--json", "--admin-socket"])
+        .arg(server.dir().join("admin.sock"))
+        .output()
+        .expect("run vtestd status under setpriv")
+}
+
+/// With `admin_group` set, the admin socket admits root, the broker's user
+/// and members of that group, by their primary or a supplementary group
+/// (read from /proc: SO_PEERCRED has the primary one only), and refuses
+/// everyone else with a log line. The socket is made 0666 first, so that
+/// the broker's check decides, not the socket's mode.
+#[test]
+fn the_admin_socket_admits_only_members_of_the_admin_group() {
+    const ADMIN_GID: u32 = 64_310;
+    const MEMBER: u32 = 64_311;
+    const OUTSIDER: u32 = 64_312;
+    const PRIMARY: u32 = 64_313;
+    let server =
+        Server::start_with_config(&format!("[server]\nadmin_group = \"{ADMIN_GID}\"\n"), &[]);
+    let admin = server.dir().join("admin.sock");
+    let meta = fs::metadata(&admin).unwrap();
+    assert_eq!(
+        (
+            std::os::unix::fs::MetadataExt::gid(&meta),
+            meta.permissions().mode() & 0o777
+        ),
+        (ADMIN_GID, 0o660),
+        "the admin socket's group and mode"
+    );
+    fs::set_permissions(&admin, fs::Permissions::from_mode(0o666)).unwrap();
+
+    let member = status_as(&server, MEMBER, MEMBER, Some(ADMIN_GID));
+    assert!(
+        member.status.success(),
+        "a member by a supplementary group was refused: {}",
+        String::from_utf8_lossy(&member.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&member.stdout).unwrap();
+    assert_eq!(status["pid"], server.pid());
+
+    let outsider = status_as(&server, OUTSIDER, OUTSIDER, None);
+    let err = String::from_utf8_lossy(&outsider.stderr);
+    assert!(!outsider.status.success(), "a non-member was answered");
+    assert!(err.contains("without an answer"), "{err}");
+    assert!(
+        eventually(5, || server.log_text().contains("admin request refused")),
+        "{}",
+        server.log_text()
+    );
+    let log = server.log_text();
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("admin request refused"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{log}");
+    assert!(
+        refused[0].contains(&format!("uid={OUTSIDER}"))
+            && refused[0].contains("not a member of the admin group"),
+        "{log}"
+    );
+
+    let primary = status_as(&server, PRIMARY, ADMIN_GID, None);
+    assert!(
+        primary.status.success(),
+        "a member by its primary group was refused: {}",
+        String::from_utf8_lossy(&primary.stderr)
+    );
+    // Root (this test) still is, and nobody else was refused.
+    server.status();
+    assert_eq!(
+        server.log_text().matches("admin request refused").count(),
+        1
+    );
+}
+
+/// Admin connections are served by the event loop without blocking it: 20
+/// that never send a byte (more than the 16 kept at once) neither delay a
+/// new client nor keep `vtestd status` from answering once they are closed
+/// at their deadline.
+#[test]
+fn silent_admin_connections_stall_neither_clients_nor_status() {
+    let server = Server::start_with(common::server::ServerKind::Vtestd, &["--pool=2"]);
+    let pool_ready = || eventually(10, || server.status()["listeners"][0]["pool_ready"] == 2);
+    let served = || {
+        let start = Instant::now();
+        let mut t = Tenant::connect(&server, "fresh");
+        t.round_trip(9);
+        start.elapsed()
+    };
+    assert!(pool_ready());
+    let usual = served();
+    assert!(pool_ready());
+
+    let opened = Instant::now();
+    let silent: Vec<UnixStream> = (0..20)
+        .map(|_| UnixStream::connect(server.dir().join("admin.sock")).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let meanwhile = served();
+    println!("a fresh client: {usual:?} alone, {meanwhile:?} beside 20 silent admin connections");
+    assert!(
+        meanwhile < usual + Duration::from_millis(400),
+        "a fresh client took {meanwhile:?} beside silent admin connections ({usual:?} alone)"
+    );
+
+    // Each is closed: the 4 beyond the limit at once, the others at their
+    // deadline (500 ms).
+    for mut s in silent {
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut byte = [0u8; 1];
+        let end = std::io::Read::read(&mut s, &mut byte);
+        assert!(
+            matches!(end, Ok(0))
+                || end
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "a silent admin connection was not closed: {end:?} after {:?}",
+            opened.elapsed()
+        );
+    }
+    let closed = opened.elapsed();
+    assert!(closed < Duration::from_secs(2), "closed after {closed:?}");
+
+    let asked = Instant::now();
+    assert!(server.status()["pid"] == server.pid());
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+    let log = server.log_text();
+    assert_eq!(
+        log.matches("admin connections at their limit").count(),
+        1,
+        "one line per streak:\n{log}"
+    );
+    assert!(
+        log.contains("admin connections below their limit again"),
+        "{log}"
+    );
+    assert!(log.contains("refused=4"), "{log}");
 }

@@ -17,7 +17,10 @@
 //!    mesa-utils) and its own mount, network, IPC, UTS and PID namespaces,
 //!    as an unprivileged user in the socket's group, reaches vtestd through
 //!    the socket directory bind-mounted at /run/vtestd (the container
-//!    recipe of the README) and renders.
+//!    recipe of the README) and renders. The same root given the mounts of
+//!    `vtestd cdi`, applied as a runtime would: its root cannot replace the
+//!    socket (read-only mounts), the admin socket is not there, and a client
+//!    renders.
 //! 5. `systemd-analyze verify` and `systemd-analyze security --offline=yes`
 //!    on the packaged units: clean, and an exposure of at most 1.5; the
 //!    Kubernetes manifests' structure.
@@ -462,7 +465,7 @@ fn deb_installs_into_a_fresh_debian_root() {
     for needle in [
         "path = \"/run/vtestd/vtest.sock\"",
         "name = \"default\"",
-        "admin_socket = \"/run/vtestd/admin.sock\"",
+        "admin_socket = \"/run/vtestd-admin/admin.sock\"",
         "group = \"vtestd-clients\"",
     ] {
         assert!(
@@ -477,10 +480,15 @@ fn deb_installs_into_a_fresh_debian_root() {
     );
     let spec: serde_json::Value = serde_json::from_str(&cdi).expect("CDI JSON");
     assert_eq!(spec["kind"], "vtestd.dev/gpu");
-    assert_eq!(
-        spec["devices"][0]["containerEdits"]["mounts"][0]["hostPath"],
-        "/run/vtestd"
-    );
+    let mounts = &spec["devices"][0]["containerEdits"]["mounts"];
+    assert_eq!(mounts[0]["hostPath"], "/run/vtestd");
+    for m in mounts.as_array().unwrap() {
+        let options = m["options"].as_array().unwrap();
+        assert!(
+            options.contains(&"ro".into()) && !options.contains(&"rw".into()),
+            "a mount given to containers is not read-only: {m}"
+        );
+    }
 
     // Removal and purge work without systemd, and keep the accounts.
     chroot_run(
@@ -823,41 +831,92 @@ const CLIENT_GID: u32 = 64_123;
 const CLIENT_UID: u32 = 64_124;
 const PROBE_UID: u32 = 64_125;
 
+/// vtestd on the host with the packaged layout under `dir`: the client
+/// socket alone in `run/vtestd/` (mode 0660, group [`CLIENT_GID`]), which is
+/// what containers get, and the admin socket in `run/vtestd-admin/`, which
+/// they never get.
+struct HostVtestd {
+    _server: Guard,
+    config: PathBuf,
+    socket: PathBuf,
+    admin: PathBuf,
+    log: PathBuf,
+}
+
+impl HostVtestd {
+    fn start(dir: &Path) -> HostVtestd {
+        let socket = dir.join("run/vtestd/vtest.sock");
+        let admin = dir.join("run/vtestd-admin/admin.sock");
+        for d in [
+            dir,
+            &dir.join("run"),
+            socket.parent().unwrap(),
+            admin.parent().unwrap(),
+        ] {
+            fs::create_dir_all(d).unwrap();
+            fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let config = dir.join("vtestd.toml");
+        fs::write(
+            &config,
+            format!(
+                "[server]\nadmin_socket = \"{admin}\"\ncgroups = false\n\n\
+                 [[listener]]\nname = \"default\"\npath = \"{socket}\"\n\
+                 mode = \"0660\"\ngroup = \"{CLIENT_GID}\"\npool = 0\n",
+                admin = admin.display(),
+                socket = socket.display(),
+            ),
+        )
+        .unwrap();
+        let log = dir.join("server.log");
+        let server = Guard(Some(
+            Command::new(vtestd_bin())
+                .args(["serve", "--config"])
+                .arg(&config)
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(fs::File::create(&log).unwrap()))
+                .spawn()
+                .expect("spawn vtestd"),
+        ));
+        assert!(wait_for_path(&socket, Duration::from_secs(20)), "no socket");
+        assert!(
+            wait_for_path(&admin, Duration::from_secs(5)),
+            "no admin socket"
+        );
+        HostVtestd {
+            _server: server,
+            config,
+            socket,
+            admin,
+            log,
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        tail(&fs::read_to_string(&self.log).unwrap_or_default(), 8000).to_string()
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let out = run(
+            Command::new(vtestd_bin())
+                .args(["status", "--json", "--admin-socket"])
+                .arg(&self.admin),
+            "vtestd status",
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+}
+
 #[test]
 fn a_client_in_its_own_root_renders_through_the_bind_mounted_directory() {
     let client_root = rootfs::client_root();
-    // The host side: vtestd with the packaged layout, a directory holding
-    // vtest.sock (and the admin socket), the socket in a group of clients.
     let dir = unique_dir("container");
     let _cleanup = RemoveOnDrop(dir.clone());
-    let socket = dir.join("vtest.sock");
-    let config = dir.join("vtestd.toml");
-    fs::write(
-        &config,
-        format!(
-            "[server]\nadmin_socket = \"{admin}\"\ncgroups = false\n\n\
-             [[listener]]\nname = \"default\"\npath = \"{socket}\"\n\
-             mode = \"0660\"\ngroup = \"{CLIENT_GID}\"\npool = 0\n",
-            admin = dir.join("admin.sock").display(),
-            socket = socket.display(),
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-    let log = dir.join("server.log");
-    let server = Guard(Some(
-        Command::new(vtestd_bin())
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(fs::File::create(&log).unwrap()))
-            .spawn()
-            .expect("spawn vtestd"),
-    ));
-    assert!(wait_for_path(&socket, Duration::from_secs(20)), "no socket");
-    let server_log = || tail(&fs::read_to_string(&log).unwrap_or_default(), 8000).to_string();
+    let host = HostVtestd::start(&dir);
+    let socket = host.socket.clone();
+    let server_log = || host.log_tail();
 
     // Outside the group, the socket's mode keeps a peer out.
     let probe = |groups: &str| {
@@ -923,7 +982,7 @@ fn a_client_in_its_own_root_renders_through_the_bind_mounted_directory() {
         "client",
     ])
     .arg(&client_root)
-    .arg(&dir)
+    .arg(socket.parent().unwrap())
     .arg(xvfb.display())
     .arg(CLIENT_UID.to_string())
     .arg(CLIENT_GID.to_string());
@@ -954,13 +1013,7 @@ fn a_client_in_its_own_root_renders_through_the_bind_mounted_directory() {
     // the worker has reported and been reaped).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let out = run(
-            Command::new(vtestd_bin())
-                .args(["status", "--json", "--admin-socket"])
-                .arg(dir.join("admin.sock")),
-            "vtestd status",
-        );
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+        let status = host.status();
         let ends = status["recent_exits"]
             .as_array()
             .cloned()
@@ -977,10 +1030,205 @@ fn a_client_in_its_own_root_renders_through_the_bind_mounted_directory() {
         );
         sleep(Duration::from_millis(100));
     }
-    drop(server);
+    drop(host);
     drop(xvfb);
     let _ = fs::remove_dir_all(&work);
     let _ = fs::remove_dir_all(&dir);
+}
+
+/// Probes run inside the container as its root (uid 0 with Docker's default
+/// capabilities, so no `CAP_SYS_ADMIN`): each prints `PROBE name=errno`
+/// (0: it worked).
+const CONTAINER_ROOT_PROBE: &str = r#"
+use strict; use warnings; use Socket;
+my ($sock, $admin) = @ARGV;
+(my $dir = $sock) =~ s{/[^/]+$}{};
+sub probe { my ($name, $ok) = @_; print "PROBE $name=", ($ok ? 0 : $! + 0), "\n"; }
+probe("unlink", unlink($sock));
+probe("rename", rename($sock, "$dir/moved.sock"));
+socket(my $s, AF_UNIX, SOCK_STREAM, 0) or die "socket: $!";
+probe("bind", bind($s, pack_sockaddr_un("$dir/vtest.sock.new")));
+probe("create", open(my $f, ">", "$dir/planted"));
+probe("unlink-virgl-test", unlink("/tmp/.virgl_test"));
+socket(my $c, AF_UNIX, SOCK_STREAM, 0) or die "socket: $!";
+probe("connect", connect($c, pack_sockaddr_un($sock)));
+socket(my $a, AF_UNIX, SOCK_STREAM, 0) or die "socket: $!";
+probe("connect-admin", connect($a, pack_sockaddr_un($admin)));
+opendir(my $d, $dir) or die "opendir: $!";
+print "PROBE entries=", join(",", sort grep { !/^\.\.?$/ } readdir $d), "\n";
+"#;
+
+/// Docker's default capabilities: what root in a rootful container has.
+const DOCKER_CAPS: &str = "-all,+chown,+dac_override,+fowner,+fsetid,+kill,+setgid,+setuid,\
+                           +setpcap,+net_bind_service,+net_raw,+sys_chroot,+mknod,\
+                           +audit_write,+setfcap";
+
+/// A container given what `vtestd cdi` writes, its mounts applied the way
+/// runc applies a bind mount (bind, then remount with the spec's flags):
+/// its root cannot unlink or rename the socket, nor bind a socket of its
+/// own in the directory (EROFS), nor reach the admin socket, which is not
+/// there; a client in it still renders through the socket.
+#[test]
+fn a_container_given_the_cdi_mounts_cannot_replace_the_socket_and_renders() {
+    let client_root = rootfs::client_root();
+    let dir = unique_dir("cdi");
+    let _cleanup = RemoveOnDrop(dir.clone());
+    let host = HostVtestd::start(&dir);
+    let out = run(
+        Command::new(vtestd_bin())
+            .args(["cdi", "--config"])
+            .arg(&host.config),
+        "vtestd cdi",
+    );
+    let spec: serde_json::Value = serde_json::from_slice(&out.stdout).expect("CDI JSON");
+    let edits = &spec["devices"][0]["containerEdits"];
+    let mut mounts = Vec::new();
+    for m in edits["mounts"].as_array().expect("mounts") {
+        let options: Vec<&str> = m["options"]
+            .as_array()
+            .expect("options")
+            .iter()
+            .map(|o| o.as_str().unwrap())
+            .filter(|o| !["bind", "rbind"].contains(o))
+            .collect();
+        for key in ["hostPath", "containerPath"] {
+            mounts.push(m[key].as_str().expect(key).to_string());
+        }
+        mounts.push(options.join(","));
+    }
+    let env: Vec<String> = edits["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .map(|e| e.as_str().unwrap().to_string())
+        .collect();
+    let socket = env
+        .iter()
+        .find_map(|e| e.strip_prefix("VTEST_SOCKET_NAME="))
+        .expect("VTEST_SOCKET_NAME")
+        .to_string();
+    assert_eq!(Path::new(&socket), host.socket);
+
+    let xvfb = Xvfb::start();
+    let script = r#"
+        set -e
+        r="$1"; display="$2"; ids="$3"; groups="$4"; socket="$5"; admin="$6"
+        probe="$7"; caps="$8"; shift 8
+        mount -t tmpfs -o mode=0755 tmpfs "$r/run"
+        mount -t tmpfs -o mode=1777 tmpfs "$r/tmp"
+        while [ "$1" != -- ]; do
+            host="$1"; target="$r$2"; flags="$3"; shift 3
+            if [ -d "$host" ]; then
+                mkdir -p "$target"
+            else
+                mkdir -p "$(dirname "$target")"; : > "$target"
+            fi
+            mount --bind "$host" "$target"
+            mount -o "remount,bind,$flags" "$target"
+        done
+        shift
+        mkdir "$r/tmp/.X11-unix"
+        mount --bind /tmp/.X11-unix "$r/tmp/.X11-unix"
+        mount -t proc proc "$r/proc"
+        mount -t tmpfs -o mode=0755 tmpfs "$r/dev"
+        for d in null zero urandom; do touch "$r/dev/$d"; mount --bind "/dev/$d" "$r/dev/$d"; done
+        hostname vtestd-client
+        chroot "$r" setpriv --bounding-set="$caps" perl -e "$probe" "$socket" "$admin"
+        if chroot "$r" setpriv --bounding-set="$caps" \
+            mount -o remount,bind,rw "$(dirname "$socket")" 2>/dev/null; then
+            echo "PROBE remount-rw=0"
+        else
+            echo "PROBE remount-rw=refused"
+        fi
+        exec chroot "$r" setpriv --reuid="$ids" --regid="$ids" --groups="$groups" \
+            env -i PATH=/usr/bin:/bin HOME=/tmp DISPLAY="$display" \
+            SWRAST_NO_PRESENT=1 MESA_SHADER_CACHE_DISABLE=true "$@" glxinfo -B
+    "#;
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--net",
+        "--ipc",
+        "--uts",
+        "--pid",
+        "--fork",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        "container",
+    ])
+    .arg(&client_root)
+    .arg(xvfb.display())
+    .arg(CLIENT_UID.to_string())
+    .arg(CLIENT_GID.to_string())
+    .arg(&socket)
+    .arg(&host.admin)
+    .arg(CONTAINER_ROOT_PROBE)
+    .arg(DOCKER_CAPS)
+    .args(&mounts)
+    .arg("--")
+    .args(&env);
+    let work = common::mesa::work_dir("cdi-glxinfo");
+    let out = run_client(cmd, &work, "glxinfo", Duration::from_secs(90));
+    let context = || format!("{}--- server log ---\n{}", out.describe(), host.log_tail());
+    let probes: std::collections::BTreeMap<&str, &str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("PROBE "))
+        .filter_map(|l| l.split_once('='))
+        .collect();
+    let erofs = (nix::errno::Errno::EROFS as i32).to_string();
+    for name in ["unlink", "rename", "bind", "create"] {
+        assert_eq!(
+            probes.get(name).copied(),
+            Some(erofs.as_str()),
+            "{name} in the socket's directory, as the container's root\n{}",
+            context()
+        );
+    }
+    assert!(
+        probes.get("unlink-virgl-test").is_some_and(|e| *e != "0"),
+        "the container's root removed /tmp/.virgl_test\n{}",
+        context()
+    );
+    assert_eq!(
+        probes.get("remount-rw").copied(),
+        Some("refused"),
+        "{}",
+        context()
+    );
+    assert_eq!(probes.get("connect").copied(), Some("0"), "{}", context());
+    let enoent = (nix::errno::Errno::ENOENT as i32).to_string();
+    assert_eq!(
+        probes.get("connect-admin").copied(),
+        Some(enoent.as_str()),
+        "the admin socket in the container\n{}",
+        context()
+    );
+    assert_eq!(
+        probes.get("entries").copied(),
+        Some("vtest.sock"),
+        "the directory holds the client socket only\n{}",
+        context()
+    );
+    assert!(host.socket.exists(), "the host's socket is gone");
+    assert!(
+        out.success(),
+        "glxinfo in the container failed\n{}",
+        context()
+    );
+    let r = renderer(&out).unwrap_or_default();
+    assert!(
+        r.contains("virgl"),
+        "renderer {r:?}, not virgl\n{}",
+        context()
+    );
+    println!("client given the CDI mounts: OpenGL renderer string: {r}");
+    drop(host);
+    drop(xvfb);
+    let _ = fs::remove_dir_all(&work);
 }
 
 // ---------------------------------------------------------------- 5 ----
@@ -1005,6 +1253,13 @@ assert docs["ServiceAccount"][0]["automountServiceAccountToken"] is False
 assert spec["securityContext"]["runAsNonRoot"] is True
 vols = {v["name"]: v for v in spec["volumes"]}
 assert vols["run-vtestd"]["hostPath"]["path"] == "/run/vtestd"
+# The admin socket is the pod's own (an emptyDir), never in the node's
+# /run/vtestd that client pods mount.
+assert "emptyDir" in vols["admin"]
+mounts = {m["name"]: m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+assert mounts["admin"] == "/run/vtestd-admin"
+probe = spec["containers"][0]["livenessProbe"]["exec"]["command"]
+assert probe[-1] == "/run/vtestd-admin/admin.sock", probe
 c = spec["containers"][0]
 sc = c["securityContext"]
 assert sc["allowPrivilegeEscalation"] is False and sc["privileged"] is False
@@ -1013,8 +1268,10 @@ assert sc["readOnlyRootFilesystem"] is True
 assert any(m["mountPath"] == "/run/vtestd" for m in c["volumeMounts"])
 cfg = docs["ConfigMap"][0]["data"]["vtestd.toml"]
 assert 'path = "/run/vtestd/vtest.sock"' in cfg
+assert 'admin_socket = "/run/vtestd-admin/admin.sock"' in cfg
 pod = docs["Pod"][0]["spec"]
 assert pod["volumes"][0]["hostPath"]["path"] == "/run/vtestd"
+assert all(m["readOnly"] is True for m in pod["containers"][0]["volumeMounts"])
 env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
 assert env["GALLIUM_DRIVER"] == "virpipe"
 assert 10500 in pod["securityContext"]["supplementalGroups"]
@@ -1117,6 +1374,7 @@ fn systemd_units_verify_clean_and_meet_the_exposure_target() {
         "RestrictNamespaces=user mnt net ipc pid",
         "ProtectSystem=strict",
         "RuntimeDirectoryPreserve=yes",
+        "RuntimeDirectory=vtestd vtestd-admin",
     ] {
         assert!(s.contains(d), "vtestd.service lacks {d}");
     }
@@ -1163,6 +1421,7 @@ check socket-active "$(systemctl is-active vtestd.socket)"
 check service-before-client "$(systemctl is-active vtestd.service)"
 check run-dir "$(stat -c '%U:%G:%a' /run/vtestd)"
 check client-socket "$(stat -c '%U:%G:%a' /run/vtestd/vtest.sock)"
+check admin-dir-at-boot "$(stat -c '%U:%G:%a' /run/vtestd-admin)"
 # A watchdog short enough to fire during the test unless vtestd pings it.
 mkdir -p /run/systemd/system/vtestd.service.d
 printf '[Service]\nWatchdogSec=2s\n' > /run/systemd/system/vtestd.service.d/watchdog.conf
@@ -1189,6 +1448,14 @@ check restarts-after-watchdog-period "$(systemctl show -p NRestarts --value vtes
 check main-after-watchdog-period "$(systemctl show -p MainPID --value vtestd.service)"
 sg vtestd-admin -c 'vtestd status --json' > /tmp/status.json
 check admin-status "$(head -c 20 /tmp/status.json)"
+# What containers get holds the client socket only; the admin socket is apart.
+check run-dir-entries "$(ls -A /run/vtestd | tr '\n' ' ')"
+check admin-socket "$(stat -c '%U:%G:%a' /run/vtestd-admin/admin.sock)"
+useradd --no-create-home --groups vtestd-admin carol
+check carol-status "$(runuser -u carol -- sg vtestd-admin -c 'vtestd status --json' | head -c 1)"
+# ProtectProc=invisible hides carol's processes from the broker: by her
+# supplementary group alone she is refused (README: use sg).
+check carol-supplementary "$(runuser -u carol -- vtestd status --json 2>&1 | grep -c 'without an answer')"
 check sandbox-applied "$(journalctl -b -u vtestd.service -o cat | grep -c 'worker sandbox applied')"
 check sandbox-weakened "$(journalctl -b -u vtestd.service -o cat | grep -c 'sandbox weakened\|initialisation failed')"
 check journal-fields "$(journalctl -b -u vtestd.service -o verbose MESSAGE='socket passed by systemd' | grep -c -e SYSLOG_IDENTIFIER=vtestd -e NAME=default)"
@@ -1337,6 +1604,11 @@ fn the_packaged_service_runs_under_systemd_in_a_booted_container() {
     expect("main-seccomp", "2");
     expect("restarts-after-watchdog-period", "0");
     assert!(c["admin-status"].starts_with('{'), "{}", context());
+    expect("admin-dir-at-boot", "vtestd:vtestd:755");
+    expect("run-dir-entries", "vtest.sock");
+    expect("admin-socket", "vtestd:vtestd-admin:660");
+    expect("carol-status", "{");
+    expect("carol-supplementary", "1");
     assert!(
         c["sandbox-applied"].parse::<u32>().unwrap_or(0) >= 1,
         "{}",

@@ -13,7 +13,7 @@ use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{getsockopt, recv, sockopt::PeerCredentials, MsgFlags};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{Gid, Pid};
+use nix::unistd::Pid;
 use tracing::{debug, error, info, warn};
 use vtest_control::{BrokerMsg, Channel, ClientInfo};
 
@@ -21,6 +21,7 @@ use crate::cgroup::{self, Cgroups};
 use crate::config::{parse_mode, Backend, Config, LimitsProfile, ListenerConfig, ServerConfig};
 use crate::listener::{resolve_gid, Listener, SocketPerms};
 use crate::notify::Notifier;
+use crate::procfs::MemoryCache;
 use crate::status::{ClientStatus, Counters, ExitRecord, ListenerStatus, Status};
 use crate::workers::{Role, Workers};
 use crate::{admin, BrokerError, WorkerCommand};
@@ -167,6 +168,7 @@ enum Event {
     Signal,
     Accept(u64),
     Admin,
+    AdminConn(u64),
     Worker(u32),
     WorkerLog(u32),
     Waiting(u64),
@@ -178,7 +180,10 @@ pub struct Broker {
     listeners: Vec<ListenerState>,
     admin: Option<Listener>,
     admin_accept: AcceptPause,
-    admin_gid: Option<Gid>,
+    admin_access: admin::Access,
+    admin_conns: admin::Connections,
+    /// Workers' memory for `vtestd status`, read at most once a second.
+    worker_memory: MemoryCache,
     signals: SignalFd,
     workers: Workers,
     waiting: Vec<Waiting>,
@@ -314,7 +319,12 @@ impl Broker {
             listeners: Vec::new(),
             admin: None,
             admin_accept: AcceptPause::default(),
-            admin_gid: None,
+            admin_access: admin::Access {
+                ours: nix::unistd::geteuid().as_raw(),
+                admin_gid: None,
+            },
+            admin_conns: admin::Connections::default(),
+            worker_memory: MemoryCache::default(),
             signals,
             workers: Workers::default(),
             waiting: Vec::new(),
@@ -436,21 +446,30 @@ impl Broker {
     }
 
     fn bind_admin(&mut self, path: &std::path::Path, group: Option<&str>) {
-        self.admin_gid = group.and_then(|g| match resolve_gid(g) {
-            Ok(gid) => Some(gid),
+        let admin_gid = group.and_then(|g| match resolve_gid(g) {
+            Ok(gid) => Some(gid.as_raw()),
             Err(e) => {
                 warn!(group = g, error = %e, "admin group unknown; admin socket is root-only");
                 None
             }
         });
+        self.admin_access.admin_gid = admin_gid;
+        // Containers are given client sockets' directories: one holding the
+        // admin socket would let a container's root replace it.
+        if let Some(l) = self
+            .listeners
+            .iter()
+            .find(|l| l.config.path.parent() == path.parent())
+        {
+            warn!(socket = %path.display(), listener = %l.config.name,
+                  "the admin socket shares its directory with a client socket; do not give \
+                   that directory to containers, or move admin_socket \
+                   (e.g. /run/vtestd-admin/admin.sock)");
+        }
         let perms = SocketPerms {
-            mode: Some(if self.admin_gid.is_some() {
-                0o660
-            } else {
-                0o600
-            }),
+            mode: Some(if admin_gid.is_some() { 0o660 } else { 0o600 }),
             owner: None,
-            group: self.admin_gid.map(|g| g.as_raw().to_string()),
+            group: admin_gid.map(|g| g.to_string()),
         };
         match Listener::bind(path, &perms) {
             Ok(l) => {
@@ -480,7 +499,8 @@ impl Broker {
                             self.accept_all(i);
                         }
                     }
-                    Event::Admin => self.serve_admin(),
+                    Event::Admin => self.accept_admin(),
+                    Event::AdminConn(id) => self.serve_admin(id),
                     Event::Worker(pid) => self.workers.drain(pid),
                     Event::WorkerLog(pid) => self.workers.relay_log(pid),
                     Event::Waiting(id) => {
@@ -491,6 +511,7 @@ impl Broker {
                     }
                 }
             }
+            self.admin_conns.sweep(Instant::now());
             self.periodic();
             self.notify_status();
             if self.finished() {
@@ -588,6 +609,10 @@ impl Broker {
             fds.push(PollFd::new(a.socket.as_fd(), PollFlags::POLLIN));
             events.push(Event::Admin);
         }
+        for (id, fd, flags) in self.admin_conns.poll_fds() {
+            fds.push(PollFd::new(fd, flags));
+            events.push(Event::AdminConn(id));
+        }
         let paused =
             self.listeners.iter().any(|l| l.accept.paused(now)) || self.admin_accept.paused(now);
         for (pid, channel) in self.workers.channels() {
@@ -615,13 +640,20 @@ impl Broker {
             .as_ref()
             .and_then(Notifier::interval)
             .map_or(1000, |i| i.as_millis().clamp(50, 1000) as u16);
-        let timeout = if paused {
-            PollTimeout::from(ACCEPT_PAUSE.as_millis().min(u128::from(tick)) as u16)
+        let mut timeout_ms = if paused {
+            Some(ACCEPT_PAUSE.as_millis().min(u128::from(tick)) as u16)
         } else if timers {
-            PollTimeout::from(tick)
+            Some(tick)
         } else {
-            PollTimeout::NONE
+            None
         };
+        // Admin connections are closed at their deadline (rounded up).
+        if let Some(deadline) = self.admin_conns.next_deadline() {
+            let ms = deadline.saturating_duration_since(now).as_millis() + 1;
+            let ms = ms.min(u128::from(timeout_ms.unwrap_or(u16::MAX))) as u16;
+            timeout_ms = Some(ms);
+        }
+        let timeout = timeout_ms.map_or(PollTimeout::NONE, PollTimeout::from);
         match poll(&mut fds, timeout) {
             Ok(_) => {}
             Err(Errno::EINTR) => return Ok(Vec::new()),
@@ -961,37 +993,77 @@ impl Broker {
         self.workers.attach(pid, w.client, w.since);
     }
 
-    fn serve_admin(&mut self) {
-        let Some(admin) = &self.admin else { return };
-        let stream = match admin.accept() {
-            Ok(Some(s)) => {
-                self.admin_accept.succeeded("admin");
-                s
+    /// Accepts admin connections, refusing peers outside root, our user
+    /// and the admin group; what is admitted is served by [`Self::serve_admin`].
+    fn accept_admin(&mut self) {
+        // Bounded, so that a flood of connections cannot hold the loop.
+        for _ in 0..64 {
+            let Some(admin) = &self.admin else { return };
+            let stream = match admin.accept() {
+                Ok(Some(s)) => {
+                    self.admin_accept.succeeded("admin");
+                    s
+                }
+                Ok(None) => return,
+                Err(e) => return self.admin_accept.failed("admin", &e),
+            };
+            let peer = match admin::Peer::of(&stream) {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(error = %e, "admin connection without peer credentials; closed");
+                    continue;
+                }
+            };
+            match self.admin_access.check(&peer, crate::procfs::process_ids) {
+                Ok(why) => {
+                    debug!(peer_pid = peer.pid, uid = peer.uid, gid = peer.gid, admitted = ?why,
+                           "admin connection");
+                    self.admin_conns.add(stream, peer, Instant::now());
+                }
+                Err(e) => {
+                    if self
+                        .refusals
+                        .first("admin request from outside the admin group", Instant::now())
+                    {
+                        warn!(
+                            peer_pid = peer.pid,
+                            uid = peer.uid,
+                            gid = peer.gid,
+                            "admin request refused (root, the broker's user and the admin \
+                               group only): {e}"
+                        );
+                    }
+                }
             }
-            Ok(None) => return,
-            Err(e) => return self.admin_accept.failed("admin", &e),
-        };
-        // The socket is mode 0660 with the admin group (0600 without one):
-        // whoever could connect is root, our user, or in that group
-        // (SO_PEERCRED shows only the primary group, so it cannot tell).
-        let allowed = match getsockopt(&stream, PeerCredentials) {
-            Ok(c) => {
-                c.uid() == 0
-                    || c.uid() == nix::unistd::geteuid().as_raw()
-                    || self.admin_gid.is_some()
-            }
-            Err(_) => false,
-        };
-        if !allowed {
-            warn!("admin request from a peer outside root and the admin group; refused");
-            return;
-        }
-        if let Err(e) = admin::serve(stream, || self.status()) {
-            debug!(error = %e, "admin request");
         }
     }
 
-    /// The broker's state for `vtestd status`.
+    /// An admin connection is ready: read its request, or write its answer.
+    fn serve_admin(&mut self, id: u64) {
+        if !self.admin_conns.ready(id) {
+            return;
+        }
+        let now = Instant::now();
+        let serving = self
+            .workers
+            .iter()
+            .filter(|(_, w)| matches!(w.role, Role::Serving { .. }))
+            .map(|(pid, _)| pid)
+            .collect::<Vec<_>>();
+        self.worker_memory.refresh(serving, now);
+        let mut reply = match serde_json::to_vec(&self.status()) {
+            Ok(json) => json,
+            Err(e) => {
+                error!(error = %e, "status as JSON");
+                Vec::new()
+            }
+        };
+        reply.push(b'\n');
+        self.admin_conns.answer(id, reply, now);
+    }
+
+    /// The broker's state for `vtestd status` (workers' memory as last
+    /// read for an admin request).
     pub fn status(&self) -> Status {
         let now = Instant::now();
         let listeners = self
@@ -1023,7 +1095,7 @@ impl Broker {
         for (pid, w) in self.workers.iter() {
             if let Role::Serving { client, since } = &w.role {
                 let mut c = client_status(client, "serving", Some(pid), *since, w.stats.clone());
-                c.memory = crate::procfs::worker_memory(pid);
+                c.memory = self.worker_memory.get(pid);
                 clients.push(c);
             }
         }

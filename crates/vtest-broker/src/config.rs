@@ -208,7 +208,7 @@ pub fn check_shader_cache_dir(dir: &Path) -> Result<(), String> {
 
 pub fn default_admin_socket() -> PathBuf {
     if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/run/vtestd/admin.sock");
+        return PathBuf::from("/run/vtestd-admin/admin.sock");
     }
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(dir) => Path::new(&dir).join("vtestd/admin.sock"),
