@@ -107,3 +107,35 @@ fn sigterm_stops_accepting_lets_clients_finish_then_ends_workers() {
     assert!(eventually(5, || !alive(workers[0])), "worker ended too");
     assert!(server.log_text().contains("grace period over"));
 }
+
+/// A stopped worker (here its reaper, stopped from outside; a sandboxed
+/// child once could make the reaper stop itself) must not hold its slot:
+/// the broker sees the stop, kills the worker, and serves the next client.
+#[test]
+fn a_stopped_worker_is_ended_and_frees_its_slot() {
+    let server = Server::start_with_config("[server]\nmax_clients = 1\n", &[]);
+    let broker = server.pid();
+    let mut a = Tenant::connect(&server, "stopped");
+    let worker = wait_for_children(broker, 1);
+    assert_eq!(worker.len(), 1, "one worker for one client");
+    a.round_trip(1);
+
+    kill(Pid::from_raw(worker[0] as i32), Signal::SIGSTOP).unwrap();
+    a.client
+        .expect_disconnect(Duration::from_secs(10))
+        .expect("the stopped worker's client is disconnected");
+    assert!(
+        eventually(10, || children(broker).is_empty()),
+        "the stopped worker is reaped: {:?}",
+        children(broker)
+    );
+    let log = server.log_text();
+    assert!(
+        log.contains("worker stopped by SIGSTOP: killing it"),
+        "broker logs the stop; log:\n{log}"
+    );
+
+    // The one slot is free again.
+    let mut b = Tenant::connect(&server, "next");
+    b.round_trip(2);
+}

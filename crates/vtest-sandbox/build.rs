@@ -90,6 +90,8 @@ fn main() {
     for (file, konst) in [
         ("no-clone3.json", "NO_CLONE3"),
         ("no-open.json", "NO_OPEN"),
+        ("no-wx.json", "NO_WX"),
+        ("no-tgkill.json", "NO_TGKILL"),
         ("reaper.json", "REAPER"),
     ] {
         let filter = read(&dir.join(file));

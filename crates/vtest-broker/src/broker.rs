@@ -461,7 +461,7 @@ impl Broker {
             .iter()
             .find(|l| l.config.path.parent() == path.parent())
         {
-            warn!(socket = %path.display(), listener = %l.config.name,
+            info!(socket = %path.display(), listener = %l.config.name,
                   "the admin socket shares its directory with a client socket; do not give \
                    that directory to containers, or move admin_socket \
                    (e.g. /run/vtestd-admin/admin.sock)");
@@ -733,8 +733,21 @@ impl Broker {
 
     fn reap(&mut self) {
         loop {
-            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+            // WUNTRACED: a stopped worker (SIGSTOP from outside, or a reaper
+            // made to stop itself) would otherwise hold its slot unseen.
+            match waitpid(
+                None::<Pid>,
+                Some(WaitPidFlag::WNOHANG | WaitPidFlag::WUNTRACED),
+            ) {
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(WaitStatus::Stopped(pid, signal)) => {
+                    // Ended like any other: its death is reaped next.
+                    warn!(
+                        worker = pid.as_raw(),
+                        "worker stopped by {signal}: killing it"
+                    );
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
                 Ok(status) => {
                     let Some(ended) = self.workers.reaped(status) else {
                         continue;

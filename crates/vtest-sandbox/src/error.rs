@@ -6,6 +6,8 @@ use std::path::PathBuf;
 pub enum SandboxError {
     #[error("capabilities: {0}")]
     Capabilities(String),
+    #[error("close inherited fds")]
+    CloseFds(#[source] nix::Error),
     #[error("{what} {path}")]
     Io {
         what: &'static str,

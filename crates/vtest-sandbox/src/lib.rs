@@ -1,7 +1,9 @@
 //! Confinement of vtestd workers, applied by every worker before it touches
 //! client data. Layers, each tested on its own:
 //!
-//! 1. fork+exec with a clean environment and only the needed fds (the broker);
+//! 1. fork+exec with a clean environment and only the needed fds (the
+//!    broker), and [`confine`] closes any other the worker inherited
+//!    ([`fds::close_unexpected_fds`]);
 //! 2. namespaces: user, network (empty), IPC, mount (pivot_root into a
 //!    read-only tmpfs root with read-only binds of what rendering needs),
 //!    PID (the worker forks once and serves as PID 1 of its own namespace);
@@ -18,6 +20,7 @@
 //! the only crate allowed `unsafe`.
 
 mod error;
+pub mod fds;
 pub mod inherited;
 mod landlock;
 mod namespaces;
@@ -102,6 +105,9 @@ pub struct SandboxConfig {
     pub profile: Profile,
     /// The control socket, for the SIGSYS handler's report.
     pub report_fd: Option<RawFd>,
+    /// Descriptors the worker holds beyond stdin, stdout, stderr and
+    /// `report_fd`. [`confine`] closes every other one first.
+    pub keep_fds: Vec<RawFd>,
 }
 
 /// Render nodes present on this host.
@@ -175,6 +181,7 @@ impl SandboxConfig {
             rlimits: Rlimits::default(),
             profile,
             report_fd,
+            keep_fds: Vec::new(),
         }
     }
 }
@@ -184,6 +191,13 @@ impl SandboxConfig {
 /// [`Outcome::Unavailable`]; errors are for layers that should have worked.
 pub fn confine(config: &SandboxConfig) -> Result<Vec<(Layer, Outcome)>, SandboxError> {
     let mut report = Vec::new();
+    let keep: Vec<RawFd> = config
+        .report_fd
+        .iter()
+        .chain(&config.keep_fds)
+        .copied()
+        .collect();
+    fds::close_unexpected_fds(&keep)?;
     signals::die_on_fault_signals().map_err(SandboxError::SignalHandler)?;
     rlimits::apply(&config.rlimits)?;
     report.push((Layer::Rlimits, Outcome::Applied));

@@ -4,7 +4,8 @@
 //! parent stays behind as a minimal *reaper* that the broker knows as the
 //! worker: it holds no fds, no capabilities, runs under a tiny seccomp
 //! filter, waits for the child and ends the way the child ended (exit code or
-//! signal), so the broker's accounting is unchanged. If the reaper is killed
+//! signal, never a signal that would stop it or leave it running: see
+//! [`mirrored_signal`]), so the broker's accounting is unchanged. If the reaper is killed
 //! (watchdog, shutdown, `kill`), the kernel kills the child
 //! (`PR_SET_PDEATHSIG`).
 
@@ -18,6 +19,32 @@ use crate::{privileges, seccomp, SandboxError};
 /// killed by its own signals): the reaper turns it back into the signal.
 pub const fn exit_code_for(signal: i32) -> i32 {
     128 + signal
+}
+
+/// The signal the reaper dies of for a child that exited with `code`, if
+/// any. Only signals whose default action ends a process are mirrored: the
+/// child chooses its exit code, and a reaper that stopped itself (147, 128 +
+/// SIGSTOP) would hold its client's slot in the broker, which sees it alive;
+/// one that raised SIGCONT, SIGCHLD, SIGWINCH or SIGURG would not end at
+/// all. Those codes, and the rest, end the reaper with the code itself.
+pub fn mirrored_signal(code: i32) -> Option<Signal> {
+    let signal = Signal::try_from(code.checked_sub(128)?).ok()?;
+    ends_a_process(signal).then_some(signal)
+}
+
+/// Whether `signal`'s default action terminates (or dumps) the process.
+fn ends_a_process(signal: Signal) -> bool {
+    !matches!(
+        signal,
+        Signal::SIGSTOP
+            | Signal::SIGTSTP
+            | Signal::SIGTTIN
+            | Signal::SIGTTOU
+            | Signal::SIGCONT
+            | Signal::SIGCHLD
+            | Signal::SIGWINCH
+            | Signal::SIGURG
+    )
 }
 
 /// Forks into the new PID namespace; returns in the child only.
@@ -48,15 +75,16 @@ fn reap(child: Pid) -> ! {
     loop {
         match waitpid(child, None) {
             Ok(WaitStatus::Exited(_, code)) => {
-                if let Some(sig) = (code > 128)
-                    .then(|| Signal::try_from(code - 128).ok())
-                    .flatten()
-                {
+                if let Some(sig) = mirrored_signal(code) {
                     die_of(sig);
                 }
                 std::process::exit(code);
             }
-            Ok(WaitStatus::Signaled(_, sig, _)) => die_of(sig),
+            Ok(WaitStatus::Signaled(_, sig, _)) => match mirrored_signal(exit_code_for(sig as i32))
+            {
+                Some(sig) => die_of(sig),
+                None => std::process::exit(exit_code_for(sig as i32)),
+            },
             Err(nix::errno::Errno::EINTR) => continue,
             _ => std::process::exit(1),
         }
@@ -68,4 +96,49 @@ fn die_of(sig: Signal) -> ! {
     let _ = unsafe { signal(sig, SigHandler::SigDfl) };
     let _ = kill(getpid(), sig);
     std::process::exit(exit_code_for(sig as i32));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ending_signals_are_mirrored() {
+        for sig in [
+            Signal::SIGSYS,
+            Signal::SIGSEGV,
+            Signal::SIGABRT,
+            Signal::SIGKILL,
+            Signal::SIGTERM,
+            Signal::SIGBUS,
+            Signal::SIGPIPE,
+            Signal::SIGXCPU,
+        ] {
+            assert_eq!(mirrored_signal(exit_code_for(sig as i32)), Some(sig));
+        }
+    }
+
+    #[test]
+    fn stop_continue_and_ignored_signals_are_not_mirrored() {
+        for sig in [
+            Signal::SIGSTOP,
+            Signal::SIGTSTP,
+            Signal::SIGTTIN,
+            Signal::SIGTTOU,
+            Signal::SIGCONT,
+            Signal::SIGCHLD,
+            Signal::SIGWINCH,
+            Signal::SIGURG,
+        ] {
+            assert_eq!(mirrored_signal(exit_code_for(sig as i32)), None, "{sig}");
+        }
+        assert_eq!(mirrored_signal(147), None, "128 + SIGSTOP");
+    }
+
+    #[test]
+    fn other_codes_are_plain_exits() {
+        for code in [0, 1, 4, 127, 128, 128 + 32, 128 + 64, 255, -1, i32::MIN] {
+            assert_eq!(mirrored_signal(code), None, "{code}");
+        }
+    }
 }

@@ -4,6 +4,11 @@
 //! it must allow everything EGL and virglrenderer initialisation does) and
 //! `steady` (installed after, with TSYNC so that every thread Mesa started is
 //! covered). Filters stack: in steady state a call must pass both.
+//! Beside them, small filters that answer a few calls with an errno instead
+//! of SIGSYS: `no-clone3` (ENOSYS), `no-wx` (memory writable and executable
+//! in one call: EACCES, from init on) and, in steady state, `no-open`
+//! (EACCES); and `no-tgkill` (SIGSYS), where the worker is not PID 1 of its
+//! own namespace.
 //!
 //! A call outside the list traps (SIGSYS). The handler reports the syscall
 //! number to the broker over the control channel and the process then dies
@@ -92,13 +97,20 @@ pub fn install_violation_reporter(report_fd: Option<RawFd>) -> Result<(), Sandbo
 }
 
 /// Installs a filter phase: `Init` on the calling thread (the only one
-/// then), `Steady` on every thread (TSYNC).
+/// then), `Steady` on every thread (TSYNC). The errno filters come first;
+/// each stays installed, so `no-wx` from init covers steady state too.
 pub fn install(profile: Profile, phase: Phase) -> Result<(), SandboxError> {
     let err = |e: seccompiler::Error| SandboxError::Seccomp(e.to_string());
     let filter = program(profile, phase);
     match phase {
         Phase::Init => {
             seccompiler::apply_filter(&decode(NO_CLONE3)).map_err(err)?;
+            seccompiler::apply_filter(&decode(NO_WX)).map_err(err)?;
+            // SAFETY: getpid has no preconditions.
+            if unsafe { libc::getpid() } != 1 {
+                // No PID namespace: tgid 1 is not this process.
+                seccompiler::apply_filter(&decode(NO_TGKILL)).map_err(err)?;
+            }
             seccompiler::apply_filter(&filter).map_err(err)
         }
         Phase::Steady => {
@@ -138,8 +150,12 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
                 crate::pid::exit_code_for(libc::SIGSYS),
             );
         }
-        // Die of SIGSYS: restore the default action; the signal raised now
-        // is delivered when this handler returns (it is blocked until then).
+        // Without a PID namespace (the host refused it): die of SIGSYS.
+        // Restore the default action, then raise SIGSYS on itself. The
+        // filters allow tgkill only on tgid 1 (and `no-tgkill` none), so
+        // this tgkill is denied in turn, and the kernel's SIGSYS for it,
+        // blocked here, is forced with the default action: the process dies
+        // of SIGSYS either way, after the report above.
         libc::signal(libc::SIGSYS, libc::SIG_DFL);
         libc::syscall(
             libc::SYS_tgkill,
@@ -184,6 +200,14 @@ mod tests {
             for forbidden in ["execve", "ptrace", "kill", "mount", "setuid", "unshare"] {
                 assert!(!steady.contains(&forbidden), "{forbidden} allowed");
             }
+            // Signals go through tgkill only, whose target the filters check.
+            for forbidden in ["kill", "tkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"] {
+                assert!(!init.contains(&forbidden), "{forbidden} allowed at init");
+            }
+            assert!(
+                !init.contains(&"pkey_mprotect"),
+                "pkey_mprotect escapes no-wx"
+            );
             // Every form of one operation, whichever the libc calls.
             for family in [&["newfstatat", "fstat", "statx"][..], &["openat", "open"]] {
                 let allowed = family.iter().filter(|n| steady.contains(n)).count();
@@ -197,6 +221,8 @@ mod tests {
         // no-open filter, which the main filter lets through.
         let no_open = decode(NO_OPEN);
         assert!(!no_open.is_empty());
+        assert!(!decode(NO_WX).is_empty());
+        assert!(!decode(NO_TGKILL).is_empty());
         assert!(allowed_syscalls(Profile::Llvmpipe, Phase::Steady).len() <= 56);
     }
 

@@ -2,7 +2,8 @@
 //!
 //! Each probe runs in a fresh process (this test binary re-executed with
 //! `--probe NAME`) that applies exactly the production sandbox of a worker
-//! (`confine` + `lock_down`), then tries one forbidden thing. The parent
+//! (`confine` + `lock_down`; a few apply only its seccomp layer, as on a host
+//! without namespaces), then tries one forbidden thing. The parent
 //! asserts how it failed: the errno the call returned, or death by SIGSYS.
 //! Probes that must succeed are there too, so that a sandbox that breaks
 //! everything cannot pass.
@@ -11,9 +12,10 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use vtest_control::{Channel, WorkerMsg};
-use vtest_sandbox::{confine, lock_down, Phase, Profile, SandboxConfig};
+use vtest_sandbox::{confine, lock_down, seccomp, Phase, Profile, SandboxConfig};
 
 /// How a probe must end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,11 +28,25 @@ enum Expect {
     Ok,
 }
 
+/// What a probe runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Setup {
+    /// Exactly the production sandbox (`confine`, then `lock_down` for
+    /// steady-state probes).
+    Production,
+    /// The seccomp layer alone (the violation reporter and the filters), as
+    /// on a host that refuses every namespace: the worker is not PID 1.
+    SeccompOnly,
+}
+
 const EXIT_OK: i32 = 0;
+/// The inherited fd was not open before the sandbox (a broken test).
+const EXIT_NOT_INHERITED: i32 = 4;
 const EXIT_ERRNO_BASE: i32 = 10;
 
 struct Probe {
     name: &'static str,
+    setup: Setup,
     /// Steady: the full production sandbox of a serving worker. Init: the
     /// worker as the renderer starts (init-phase filter, which allows file
     /// opens), to prove the namespace and Landlock layers on their own.
@@ -74,9 +90,11 @@ fn probes() -> Vec<Probe> {
     use Expect::*;
     use Phase::*;
     use Profile::*;
+    use Setup::*;
     vec![
         Probe {
             name: "open_etc_shadow",
+            setup: Production,
             phase: Init,
             profile: Llvmpipe,
             expect: Errno(libc::ENOENT),
@@ -84,6 +102,7 @@ fn probes() -> Vec<Probe> {
         },
         Probe {
             name: "open_etc_passwd",
+            setup: Production,
             phase: Init,
             profile: Llvmpipe,
             expect: Errno(libc::ENOENT),
@@ -91,6 +110,7 @@ fn probes() -> Vec<Probe> {
         },
         Probe {
             name: "create_file_in_root",
+            setup: Production,
             phase: Init,
             profile: Llvmpipe,
             expect: Errno(libc::EROFS),
@@ -98,6 +118,7 @@ fn probes() -> Vec<Probe> {
         },
         Probe {
             name: "create_file_in_usr",
+            setup: Production,
             phase: Init,
             profile: Llvmpipe,
             expect: Errno(libc::EROFS),
@@ -105,6 +126,7 @@ fn probes() -> Vec<Probe> {
         },
         Probe {
             name: "write_to_library",
+            setup: Production,
             phase: Init,
             profile: Llvmpipe,
             expect: Errno(libc::EROFS),
@@ -112,6 +134,7 @@ fn probes() -> Vec<Probe> {
         },
         Probe {
             name: "list_home",
+            setup: Production,
             phase: Init,
             profile: Llvmpipe,
             expect: Errno(libc::ENOENT),
@@ -119,6 +142,7 @@ fn probes() -> Vec<Probe> {
         },
         Probe {
             name: "list_root_home",
+            setup: Production,
             phase: Init,
             profile: Llvmpipe,
             expect: Errno(libc::ENOENT),
@@ -126,6 +150,7 @@ fn probes() -> Vec<Probe> {
         },
         Probe {
             name: "read_proc_1_environ",
+            setup: Production,
             phase: Init,
             profile: Llvmpipe,
             expect: Errno(libc::ENOENT),
@@ -133,6 +158,7 @@ fn probes() -> Vec<Probe> {
         },
         Probe {
             name: "socket_inet",
+            setup: Production,
             phase: Steady,
             profile: Llvmpipe,
             expect: Sigsys,
@@ -141,6 +167,7 @@ fn probes() -> Vec<Probe> {
         },
         Probe {
             name: "socket_netlink",
+            setup: Production,
             phase: Steady,
             profile: Llvmpipe,
             expect: Sigsys,
@@ -149,6 +176,7 @@ fn probes() -> Vec<Probe> {
         },
         Probe {
             name: "connect_to_broker_socket",
+            setup: Production,
             phase: Steady,
             profile: Llvmpipe,
             expect: Sigsys,
@@ -158,6 +186,7 @@ fn probes() -> Vec<Probe> {
         },
         Probe {
             name: "execve",
+            setup: Production,
             phase: Steady,
             profile: Llvmpipe,
             expect: Sigsys,
@@ -171,6 +200,7 @@ fn probes() -> Vec<Probe> {
         },
         Probe {
             name: "fork",
+            setup: Production,
             phase: Steady,
             profile: Llvmpipe,
             expect: Sigsys,
@@ -193,6 +223,7 @@ fn probes() -> Vec<Probe> {
         },
         Probe {
             name: "ptrace_parent",
+            setup: Production,
             phase: Steady,
             profile: Llvmpipe,
             expect: Sigsys,
@@ -203,6 +234,7 @@ fn probes() -> Vec<Probe> {
         },
         Probe {
             name: "kill_broker",
+            setup: Production,
             phase: Steady,
             profile: Llvmpipe,
             expect: Sigsys,
@@ -213,6 +245,7 @@ fn probes() -> Vec<Probe> {
         },
         Probe {
             name: "mount_tmpfs",
+            setup: Production,
             phase: Steady,
             profile: Llvmpipe,
             expect: Sigsys,
@@ -228,6 +261,7 @@ fn probes() -> Vec<Probe> {
         },
         Probe {
             name: "setuid_0",
+            setup: Production,
             phase: Steady,
             profile: Llvmpipe,
             expect: Sigsys,
@@ -236,6 +270,7 @@ fn probes() -> Vec<Probe> {
         },
         Probe {
             name: "unshare_user",
+            setup: Production,
             phase: Steady,
             profile: Llvmpipe,
             expect: Sigsys,
@@ -244,21 +279,166 @@ fn probes() -> Vec<Probe> {
         },
         Probe {
             name: "mprotect_exec_gpu",
+            setup: Production,
             phase: Steady,
             profile: Gpu,
             expect: Sigsys,
             run: mprotect_exec,
         },
+        Probe {
+            name: "tgkill_other_process",
+            setup: Production,
+            phase: Steady,
+            profile: Llvmpipe,
+            expect: Sigsys,
+            // SIGABRT, which abort() may send: the filter checks the target
+            // too (pid 2 would be the namespace's next process; it has none,
+            // so a tgkill that got through fails with ESRCH).
+            // SAFETY: plain syscall.
+            run: || check(unsafe { libc::syscall(libc::SYS_tgkill, 2, 2, libc::SIGABRT) }),
+        },
+        Probe {
+            name: "tgkill_init_without_pid_namespace",
+            setup: SeccompOnly,
+            phase: Steady,
+            profile: Llvmpipe,
+            expect: Sigsys,
+            // Tgid 1 is the host's init here: no-tgkill.json traps every
+            // tgkill. (Our own tid is no thread of tgid 1, so a tgkill that
+            // got through would fail with ESRCH, signalling nothing.)
+            run: || {
+                // SAFETY: plain syscalls.
+                check(unsafe { libc::syscall(libc::SYS_tgkill, 1, libc::gettid(), libc::SIGABRT) })
+            },
+        },
+        Probe {
+            name: "abort_without_pid_namespace",
+            setup: SeccompOnly,
+            phase: Steady,
+            profile: Llvmpipe,
+            expect: Sigsys,
+            // abort()'s tgkill on itself, not tgid 1: denied and reported;
+            // the handler's own re-raise is denied in turn, and the worker
+            // still dies of SIGSYS (not SIGABRT).
+            run: || {
+                // SAFETY: plain syscalls.
+                check(unsafe {
+                    libc::syscall(
+                        libc::SYS_tgkill,
+                        libc::getpid(),
+                        libc::gettid(),
+                        libc::SIGABRT,
+                    )
+                })
+            },
+        },
+        Probe {
+            name: "memfd_hugetlb",
+            setup: Production,
+            phase: Steady,
+            profile: Llvmpipe,
+            expect: Sigsys,
+            run: || {
+                let name = CString::new("probe").unwrap();
+                // SAFETY: valid name; the fd is leaked in a dying process.
+                let fd = unsafe {
+                    libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_HUGETLB)
+                };
+                check(fd.into())
+            },
+        },
+        Probe {
+            name: "madvise_hwpoison",
+            setup: Production,
+            phase: Steady,
+            profile: Llvmpipe,
+            expect: Sigsys,
+            run: || {
+                with_page(|p| {
+                    // SAFETY: our own page (and without capabilities the kernel
+                    // refuses MADV_HWPOISON with EPERM if it got through).
+                    check(unsafe { libc::madvise(p, 4096, libc::MADV_HWPOISON) }.into())
+                })
+            },
+        },
+        Probe {
+            name: "mmap_write_exec_llvmpipe",
+            setup: Production,
+            phase: Steady,
+            profile: Llvmpipe,
+            expect: Errno(libc::EACCES),
+            run: || mmap_prot(libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC),
+        },
+        Probe {
+            name: "mprotect_write_exec_llvmpipe",
+            setup: Production,
+            phase: Steady,
+            profile: Llvmpipe,
+            expect: Errno(libc::EACCES),
+            run: || {
+                with_page(|p| {
+                    // SAFETY: our own page.
+                    check(
+                        unsafe { libc::mprotect(p, 4096, libc::PROT_WRITE | libc::PROT_EXEC) }
+                            .into(),
+                    )
+                })
+            },
+        },
+        Probe {
+            name: "mmap_write_exec_at_init",
+            setup: Production,
+            phase: Init,
+            profile: Llvmpipe,
+            expect: Errno(libc::EACCES),
+            run: || mmap_prot(libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC),
+        },
+        Probe {
+            name: "inherited_fd_is_closed",
+            setup: Production,
+            phase: Init,
+            profile: Llvmpipe,
+            expect: Errno(libc::EBADF),
+            run: || {
+                // Open before the sandbox (run_probe checks), closed by it.
+                // SAFETY: F_GETFD on an fd number touches no memory.
+                check(unsafe { libc::fcntl(inherited_fd(), libc::F_GETFD) }.into())
+            },
+        },
         // Controls: what the worker must still be able to do.
         Probe {
-            name: "mprotect_exec_llvmpipe",
+            name: "tgkill_itself",
+            setup: Production,
             phase: Steady,
             profile: Llvmpipe,
             expect: Ok,
+            run: tgkill_itself,
+        },
+        Probe {
+            name: "madvise_dontneed",
+            setup: Production,
+            phase: Steady,
+            profile: Llvmpipe,
+            expect: Ok,
+            run: || {
+                with_page(|p| {
+                    // SAFETY: our own page.
+                    check(unsafe { libc::madvise(p, 4096, libc::MADV_DONTNEED) }.into())
+                })
+            },
+        },
+        Probe {
+            name: "mprotect_exec_llvmpipe",
+            setup: Production,
+            phase: Steady,
+            profile: Llvmpipe,
+            expect: Ok,
+            // Writable, then executable: LLVM's JIT.
             run: mprotect_exec,
         },
         Probe {
             name: "open_in_steady_state",
+            setup: Production,
             phase: Steady,
             profile: Llvmpipe,
             expect: Errno(libc::EACCES),
@@ -266,6 +446,7 @@ fn probes() -> Vec<Probe> {
         },
         Probe {
             name: "shared_memory_and_threads",
+            setup: Production,
             phase: Steady,
             profile: Llvmpipe,
             expect: Ok,
@@ -277,6 +458,7 @@ fn probes() -> Vec<Probe> {
         },
         Probe {
             name: "alone_in_its_pid_namespace",
+            setup: Production,
             phase: Init,
             profile: Llvmpipe,
             expect: Ok,
@@ -291,6 +473,7 @@ fn probes() -> Vec<Probe> {
         },
         Probe {
             name: "read_libraries",
+            setup: Production,
             phase: Init,
             profile: Llvmpipe,
             expect: Ok,
@@ -318,6 +501,85 @@ fn pthread_round_trip() -> Result<(), i32> {
     } else {
         Ok(())
     }
+}
+
+/// `f` on a fresh anonymous read-write page, unmapped afterwards.
+fn with_page(f: impl FnOnce(*mut libc::c_void) -> Result<(), i32>) -> Result<(), i32> {
+    // SAFETY: an anonymous private mapping we own and unmap.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(errno());
+    }
+    let r = f(p);
+    // SAFETY: the mapping made above.
+    unsafe { libc::munmap(p, 4096) };
+    r
+}
+
+/// An anonymous page mapped with `prot` in one call.
+fn mmap_prot(prot: i32) -> Result<(), i32> {
+    // SAFETY: an anonymous private mapping, unmapped at once.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            prot,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return Err(errno());
+        }
+        libc::munmap(p, 4096);
+    }
+    Ok(())
+}
+
+static ABORT_HANDLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_abort(_: libc::c_int) {
+    ABORT_HANDLED.store(true, Ordering::SeqCst);
+}
+
+/// abort()'s signal on itself arrives (a handler catches it: PID 1 of a
+/// namespace ignores signals it does not handle).
+fn tgkill_itself() -> Result<(), i32> {
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        if libc::signal(libc::SIGABRT, on_abort as *const () as libc::sighandler_t) == libc::SIG_ERR
+        {
+            return Err(errno());
+        }
+        check(libc::syscall(
+            libc::SYS_tgkill,
+            libc::getpid(),
+            libc::gettid(),
+            libc::SIGABRT,
+        ))?;
+    }
+    if ABORT_HANDLED.load(Ordering::SeqCst) {
+        Ok(())
+    } else {
+        Err(0)
+    }
+}
+
+/// The fd the parent opened without close-on-exec for every probe.
+fn inherited_fd() -> i32 {
+    std::env::var("PROBE_INHERITED_FD")
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 fn mprotect_exec() -> Result<(), i32> {
@@ -371,6 +633,21 @@ fn vtest_renderer_free_memfd() -> Result<OwnedFd, i32> {
     Ok(fd)
 }
 
+/// The seccomp layer of `confine`, alone.
+fn seccomp_only(probe: &Probe) {
+    let report_fd = std::io::stdin().as_fd().as_raw_fd();
+    let installed = seccomp::install_violation_reporter(Some(report_fd))
+        .and_then(|()| seccomp::install(probe.profile, Phase::Init));
+    if let Err(e) = installed {
+        eprintln!("seccomp failed: {e}");
+        std::process::exit(2)
+    }
+    // SAFETY: plain syscall.
+    eprintln!("{}: seccomp only, pid {}", probe.name, unsafe {
+        libc::getpid()
+    });
+}
+
 /// Child side: sandbox, then the probe; the exit code says how it went.
 fn run_probe(name: &str) -> ! {
     let probe = probes()
@@ -378,13 +655,22 @@ fn run_probe(name: &str) -> ! {
         .find(|p| p.name == name)
         .expect("known probe");
     let report_fd = std::io::stdin().as_fd().as_raw_fd();
-    let mut config = SandboxConfig::for_worker(None, None, Some(report_fd));
-    config.profile = probe.profile;
-    let report = confine(&config).unwrap_or_else(|e| {
-        eprintln!("confine failed: {e}");
-        std::process::exit(2)
-    });
-    eprintln!("{name}: {report:?}");
+    // SAFETY: F_GETFD on an fd number touches no memory.
+    if unsafe { libc::fcntl(inherited_fd(), libc::F_GETFD) } < 0 {
+        eprintln!("{name}: fd {} was not inherited", inherited_fd());
+        std::process::exit(EXIT_NOT_INHERITED);
+    }
+    if probe.setup == Setup::SeccompOnly {
+        seccomp_only(&probe);
+    } else {
+        let mut config = SandboxConfig::for_worker(None, None, Some(report_fd));
+        config.profile = probe.profile;
+        let report = confine(&config).unwrap_or_else(|e| {
+            eprintln!("confine failed: {e}");
+            std::process::exit(2)
+        });
+        eprintln!("{name}: {report:?}");
+    }
     if probe.phase == Phase::Steady {
         lock_down(probe.profile).unwrap_or_else(|e| {
             eprintln!("lock_down failed: {e}");
@@ -404,6 +690,12 @@ fn main() {
     }
     // `cargo test` passes harness flags; a filter selects probes by name.
     let filter = args.iter().skip(1).find(|a| !a.starts_with('-')).cloned();
+    // Every probe inherits this fd (no close-on-exec), as a worker would
+    // one its parent leaked; the sandbox must close it.
+    let leaked = CString::new("/dev/null").unwrap();
+    // SAFETY: a valid path; the fd lives as long as this process.
+    let leaked = unsafe { libc::open(leaked.as_ptr(), libc::O_RDONLY) };
+    assert!(leaked >= 0, "open /dev/null: {}", errno());
     let mut failures = Vec::new();
     let mut ran = 0;
     for probe in probes() {
@@ -418,6 +710,7 @@ fn main() {
         let out = Command::new(std::env::current_exe().unwrap())
             .args(["--probe", probe.name])
             .env("PROBE_PARENT", std::process::id().to_string())
+            .env("PROBE_INHERITED_FD", leaked.to_string())
             .stdin(Stdio::from(theirs.into_fd()))
             .output()
             .unwrap();
@@ -455,8 +748,8 @@ fn main() {
             "FAILED"
         };
         println!(
-            "probe {:28} {:?}/{:?} {:?} reported={:?} ... {verdict}",
-            probe.name, probe.phase, probe.profile, got, reported
+            "probe {:34} {:?}/{:?}/{:?} {:?} reported={:?} ... {verdict}",
+            probe.name, probe.setup, probe.phase, probe.profile, got, reported
         );
     }
     println!("\n{ran} probes, {} failed", failures.len());
