@@ -61,7 +61,7 @@ if [ "$lint" = 1 ]; then
   echo "== rpmlint"
   # The targeted distributions' settings, and the findings kept on purpose
   # (each explained in the rpmlintrc and the README). Non-zero on errors.
-  rpmlint --config packaging/rpm/rpmlint.toml --rpmlintrc packaging/rpm/vtestd.rpmlintrc \
+  rpmlint --ignore-unused-rpmlintrc --config packaging/rpm/rpmlint.toml --rpmlintrc packaging/rpm/vtestd.rpmlintrc \
     "$out"/vtestd-*.rpm || status=1
   exit "$status"
 fi
