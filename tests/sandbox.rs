@@ -331,22 +331,24 @@ fn a_worker_under_plain_chroot_serves_with_the_layers_it_can_have() {
 fn a_render_node_without_a_hardware_renderer_is_served_with_the_llvmpipe_profile() {
     let xvfb = Xvfb::start();
     let server = Server::start_with(ServerKind::Vtestd, &["--rendernode=/dev/null"]);
-    let dir = common::mesa::work_dir("glmark2-fallback");
-    let cmd = common::mesa::mesa_command(
-        &server,
-        &xvfb,
-        "glmark2",
-        &["--off-screen", "-b", "shading:duration=1"],
-    );
+    short_glmark2_scores(&server, &xvfb, "glmark2 on the fallback renderer");
+    let log = server.log_text();
+    assert!(log.contains("Mesa fell back to software"), "{log}");
+    assert!(!log.contains("seccomp violation"), "{log}");
+}
+
+/// One short off-screen glmark2 run (the shading scene) through `server`;
+/// panics with `what` unless it succeeds with a positive score.
+fn short_glmark2_scores(server: &Server, xvfb: &Xvfb, what: &str) {
+    let dir = common::mesa::work_dir("glmark2-short");
+    let args = ["--off-screen", "-b", "shading:duration=1"];
+    let cmd = common::mesa::mesa_command(server, xvfb, "glmark2", &args);
     let out = common::mesa::run_client(cmd, &dir, "glmark2", Duration::from_secs(120));
     assert!(
         out.success() && common::mesa::glmark2_score(&out.stdout).unwrap_or(0) > 0,
         "{}",
-        common::mesa::failure("glmark2 on the fallback renderer", &out, &server, &xvfb)
+        common::mesa::failure(what, &out, server, xvfb)
     );
-    let log = server.log_text();
-    assert!(log.contains("Mesa fell back to software"), "{log}");
-    assert!(!log.contains("seccomp violation"), "{log}");
     let _ = fs::remove_dir_all(&dir);
 }
 
@@ -361,20 +363,11 @@ fn the_shader_cache_works_under_the_production_sandbox() {
     let arg = format!("--shader-cache-dir={}", cache.display());
     let server = Server::start_with(ServerKind::Vtestd, &[arg.as_str()]);
     for round in 0..2 {
-        let dir = common::mesa::work_dir("glmark2-cache");
-        let cmd = common::mesa::mesa_command(
+        short_glmark2_scores(
             &server,
             &xvfb,
-            "glmark2",
-            &["--off-screen", "-b", "shading:duration=1"],
+            &format!("glmark2 with the shader cache, round {round}"),
         );
-        let out = common::mesa::run_client(cmd, &dir, "glmark2", Duration::from_secs(120));
-        assert!(
-            out.success() && common::mesa::glmark2_score(&out.stdout).unwrap_or(0) > 0,
-            "round {round}: {}",
-            common::mesa::failure("glmark2 with the shader cache", &out, &server, &xvfb)
-        );
-        let _ = fs::remove_dir_all(&dir);
     }
     let log = server.log_text();
     assert!(!log.contains("seccomp violation"), "{log}");

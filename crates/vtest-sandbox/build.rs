@@ -29,6 +29,18 @@ fn rules<'a>(file: &'a Value, phase: &str, path: &Path) -> &'a Vec<Value> {
         .unwrap_or_else(|| panic!("{}: missing \"{phase}\" list", path.display()))
 }
 
+fn names_of(rules: &[&Value]) -> BTreeSet<String> {
+    rules
+        .iter()
+        .map(|r| {
+            r["syscall"]
+                .as_str()
+                .expect("rule without syscall")
+                .to_string()
+        })
+        .collect()
+}
+
 fn names(rules: &[Value]) -> BTreeSet<String> {
     rules
         .iter()
@@ -135,26 +147,9 @@ fn expand_families(
     known: &BTreeSet<String>,
     profile: &str,
 ) {
-    let unfiltered: BTreeSet<String> = list
-        .iter()
-        .filter(|r| r.get("args").is_none())
-        .map(|r| {
-            r["syscall"]
-                .as_str()
-                .expect("rule without syscall")
-                .to_string()
-        })
-        .collect();
-    let filtered: BTreeSet<String> = list
-        .iter()
-        .filter(|r| r.get("args").is_some())
-        .map(|r| {
-            r["syscall"]
-                .as_str()
-                .expect("rule without syscall")
-                .to_string()
-        })
-        .collect();
+    let (filtered, unfiltered): (Vec<&Value>, Vec<&Value>) =
+        list.iter().partition(|r| r.get("args").is_some());
+    let (filtered, unfiltered) = (names_of(&filtered), names_of(&unfiltered));
     let all = names(list);
     for family in families {
         if let Some(f) = family.iter().find(|n| filtered.contains(*n)) {
