@@ -464,29 +464,6 @@ fn resource_create_v3_returns_id() {
 }
 
 #[test]
-fn resource_create_v3_with_client_handle_closes() {
-    let server = start();
-    let mut c = connect_v(&server, 3);
-    c.send_raw(&wire::resource_create(
-        &ResourceArgs::texture_2d(8, 8).with_handle(7),
-    ))
-    .unwrap();
-    assert_closed(&mut c, "RESOURCE_CREATE with handle 7 at v3");
-    assert_server_serves(&server);
-}
-
-#[test]
-fn resource_create2_duplicate_handle_closes() {
-    let server = start();
-    let mut c = connect_v(&server, 2);
-    let args = ResourceArgs::texture_2d(8, 8).with_handle(5);
-    c.resource_create2(&args, 256).unwrap();
-    c.send_raw(&wire::resource_create2(&args, 256)).unwrap();
-    assert_closed(&mut c, "duplicate handle 5");
-    assert_server_serves(&server);
-}
-
-#[test]
 fn transfer2_round_trip_texture() {
     let server = start();
     let mut c = connect_v(&server, 2);
@@ -561,46 +538,6 @@ fn transfer2_round_trip_buffer_subrange_v3() {
         back[72..].iter().all(|&b| b == 0),
         "after the range untouched"
     );
-}
-
-#[test]
-fn transfer_get2_offset_beyond_shm_closes() {
-    let server = start();
-    let mut c = connect_v(&server, 2);
-    c.resource_create2(&ResourceArgs::buffer(64).with_handle(1), 64)
-        .unwrap();
-    let t = Transfer2Args {
-        handle: 1,
-        level: 0,
-        bx: Box3::rect(16, 1),
-        data_size: 16,
-        offset: 64,
-    };
-    c.transfer_get2(&t).unwrap();
-    assert_closed(&mut c, "TRANSFER_GET2 offset == shm size");
-    assert_server_serves(&server);
-}
-
-#[test]
-fn unref_then_transfer_get2_closes() {
-    let server = start();
-    let mut c = connect_v(&server, 2);
-    let (_, fd) = c
-        .resource_create2(&ResourceArgs::texture_2d(8, 8).with_handle(1), 256)
-        .unwrap();
-    assert!(fd.is_some());
-    c.resource_unref(1).unwrap();
-    c.ping().unwrap();
-    c.transfer_get2(&Transfer2Args {
-        handle: 1,
-        level: 0,
-        bx: Box3::rect(8, 8),
-        data_size: 256,
-        offset: 0,
-    })
-    .unwrap();
-    assert_closed(&mut c, "TRANSFER_GET2 of an unref'd handle");
-    assert_server_serves(&server);
 }
 
 #[test]
@@ -681,23 +618,6 @@ fn transfer_v0_odd_size_keeps_framing() {
     c.ping().unwrap();
 }
 
-#[test]
-fn transfer_v0_unknown_handle_closes() {
-    let server = start();
-    let mut c = client(&server);
-    c.create_renderer("vtest-e2e").unwrap();
-    c.ping().unwrap();
-    c.send_raw(&wire::transfer_get(&TransferArgs {
-        handle: 77,
-        bx: Box3::rect(4, 1),
-        data_size: 4,
-        ..Default::default()
-    }))
-    .unwrap();
-    assert_closed(&mut c, "TRANSFER_GET of an unknown handle");
-    assert_server_serves(&server);
-}
-
 // ---------------------------------------------------------------------------
 // Command streams and busy-wait
 
@@ -776,15 +696,6 @@ fn submit_cmd_inline_write_reaches_resource() {
     .unwrap();
     assert!(!c.busy_wait(3, true).unwrap());
     assert_eq!(shm_read(&fd, 0, size as usize), data);
-}
-
-#[test]
-fn submit_cmd_garbage_closes() {
-    let server = start();
-    let mut c = connect_v(&server, 2);
-    c.submit_cmd(&[0xdead_beef]).unwrap();
-    assert_closed(&mut c, "SUBMIT_CMD 0xdeadbeef");
-    assert_server_serves(&server);
 }
 
 // ---------------------------------------------------------------------------
@@ -990,37 +901,6 @@ fn v3_host3d_guest_blob_has_shm_and_host_storage() {
 }
 
 #[test]
-fn v3_context_init_conflicting_capset_closes() {
-    let server = start();
-    let mut c = connect_v(&server, 3);
-    c.context_init(wire::CAPSET_VIRGL).unwrap();
-    c.ping().unwrap();
-    c.context_init(wire::CAPSET_VIRGL2).unwrap();
-    assert_closed(&mut c, "CONTEXT_INIT 1 then 2");
-    assert_server_serves(&server);
-}
-
-#[test]
-fn v3_context_init_zero_closes() {
-    let server = start();
-    let mut c = connect_v(&server, 3);
-    c.context_init(0).unwrap();
-    assert_closed(&mut c, "CONTEXT_INIT 0");
-    assert_server_serves(&server);
-}
-
-#[test]
-fn v3_blob_bad_type_closes() {
-    let server = start();
-    let mut c = connect_v(&server, 3);
-    c.context_init(wire::CAPSET_VIRGL2).unwrap();
-    c.send_raw(&wire::resource_create_blob(7, 0, 4096, 0))
-        .unwrap();
-    assert_closed(&mut c, "blob type 7");
-    assert_server_serves(&server);
-}
-
-#[test]
 fn v3_sync_create_read_write() {
     let server = start();
     let mut c = connect_v(&server, 3);
@@ -1042,15 +922,6 @@ fn v3_sync_create_read_write() {
     c.sync_unref(4242).unwrap(); // unknown id ignored
     c.ping().unwrap();
     assert_eq!(c.sync_read(s).unwrap(), big);
-}
-
-#[test]
-fn v3_sync_read_unknown_closes() {
-    let server = start();
-    let mut c = connect_v(&server, 3);
-    c.send_raw(&wire::sync_read(4242)).unwrap();
-    assert_closed(&mut c, "SYNC_READ of an unknown id");
-    assert_server_serves(&server);
 }
 
 #[test]
@@ -1113,17 +984,6 @@ fn v3_sync_wait_timeout_zero_is_a_poll() {
         "unsatisfied poll must not be readable"
     );
     c.ping().unwrap();
-}
-
-#[test]
-fn v3_sync_wait_bad_length_closes() {
-    let server = start();
-    let mut c = connect_v(&server, 3);
-    let s = c.sync_create(0).unwrap();
-    // LEN 4 is not 2 + 3n.
-    c.send_message(4, cmd::SYNC_WAIT, &[0, 0, s, 1]).unwrap();
-    assert_closed(&mut c, "SYNC_WAIT LEN 4");
-    assert_server_serves(&server);
 }
 
 #[test]
@@ -1292,121 +1152,407 @@ fn v3_submit_cmd2_zero_batches_is_a_noop() {
     c.ping().unwrap();
 }
 
-#[test]
-fn v3_submit_cmd2_ring_1_on_virgl_closes() {
-    let server = start();
-    let mut c = connect_v(&server, 3);
-    let s = c.sync_create(0).unwrap();
-    c.submit_cmd2(&[Batch {
-        flags: wire::SUBMIT_CMD2_FLAG_RING_IDX,
-        cmd: vec![],
-        syncs: vec![(s, 1)],
-        ring_idx: 1,
-    }])
-    .unwrap();
-    assert_closed(&mut c, "SUBMIT_CMD2 on ring 1 of a virgl context");
-    assert_server_serves(&server);
-}
-
-#[test]
-fn v3_submit_cmd2_out_of_bounds_closes() {
-    let server = start();
-    let mut c = connect_v(&server, 3);
-    // One batch whose command range runs past LEN (9 dwords).
-    c.send_raw(&wire::message(
-        cmd::SUBMIT_CMD2,
-        &[1, 0, 5, 10, 9, 0, 0, 0, 0],
-    ))
-    .unwrap();
-    assert_closed(&mut c, "SUBMIT_CMD2 cmd range past LEN");
-    assert_server_serves(&server);
-}
-
-#[test]
-fn v3_submit_cmd2_wrapping_offset_closes() {
-    let server = start();
-    let mut c = connect_v(&server, 3);
-    // cmd_offset + cmd_size wraps around u32 to 1 (PROTOCOL.md §5.7 item 4).
-    c.send_raw(&wire::message(
-        cmd::SUBMIT_CMD2,
-        &[1, 0, 0xffff_ffff, 2, 9, 0, 0, 0, 0],
-    ))
-    .unwrap();
-    assert_closed(&mut c, "SUBMIT_CMD2 wrapping cmd_offset");
-    assert_server_serves(&server);
-}
-
-#[test]
-fn v3_submit_cmd2_unknown_sync_closes() {
-    let server = start();
-    let mut c = connect_v(&server, 3);
-    c.submit_cmd2(&[Batch {
-        flags: 0,
-        cmd: vec![],
-        syncs: vec![(999, 1)],
-        ring_idx: 0,
-    }])
-    .unwrap();
-    assert_closed(&mut c, "SUBMIT_CMD2 with an unknown sync");
-    assert_server_serves(&server);
-}
-
 // ---------------------------------------------------------------------------
 // Malformed input: the connection is closed, the server keeps serving
 
-#[test]
-fn malformed_first_command_not_create_renderer() {
-    let server = start();
-    let mut c = client(&server);
-    c.send_raw(&wire::ping_probe()).unwrap();
-    assert_closed(&mut c, "PING before CREATE_RENDERER");
-    assert_server_serves(&server);
+/// One malformed request: how to get a client to the point where it sends it,
+/// and the request itself. The server must close that connection without
+/// sending anything and go on serving others.
+struct Malformed {
+    what: &'static str,
+    /// Where vtestd is stricter than the reference: why the reference is not
+    /// held to it (the case is skipped there).
+    strict: Option<&'static str>,
+    send: fn(&Server) -> Client,
 }
 
-#[test]
-fn malformed_unknown_command_id() {
-    let server = start();
-    for id in [99u32, 0, 25, 0xffff_ffff] {
-        let mut c = connect_v(&server, 2);
-        c.send_message(0, id, &[]).unwrap();
-        assert_closed(&mut c, &format!("unknown command id {id}"));
-    }
-    assert_server_serves(&server);
+/// Sends `msg` as is on a fresh v`version` client.
+fn raw_at(server: &Server, version: u32, msg: &[u8]) -> Client {
+    let mut c = connect_v(server, version);
+    c.send_raw(msg).unwrap();
+    c
 }
 
-#[test]
-fn malformed_second_create_renderer() {
-    let server = start();
-    let mut c = connect_v(&server, 2);
-    c.create_renderer("again").unwrap();
-    assert_closed(&mut c, "second CREATE_RENDERER");
-    assert_server_serves(&server);
-}
-
-#[test]
-fn malformed_create_renderer_too_long() {
-    let server = start();
-    let mut c = client(&server);
-    // Only the header: the server must reject LEN > 1 MiB without reading the name.
-    c.send_message(wire::CREATE_RENDERER_MAX_LEN + 1, cmd::CREATE_RENDERER, &[])
-        .unwrap();
-    assert_closed(&mut c, "CREATE_RENDERER LEN 1 MiB + 1");
-    let mut c = client(&server);
-    c.send_message(0xffff_ffff, cmd::CREATE_RENDERER, &[])
-        .unwrap();
-    assert_closed(&mut c, "CREATE_RENDERER LEN 4 GiB");
-    assert_server_serves(&server);
-}
-
-#[test]
-fn malformed_garbage_submit_cmd() {
-    let server = start();
-    let mut c = client(&server);
-    c.create_renderer("garbage").unwrap();
+/// A client after CREATE_RENDERER and one round trip, at version 0.
+fn renderer_only(server: &Server, name: &str) -> Client {
+    let mut c = client(server);
+    c.create_renderer(name).unwrap();
     c.ping().unwrap();
-    c.submit_cmd(&[0xdead_beef]).unwrap();
-    assert_closed(&mut c, "SUBMIT_CMD 0xdeadbeef");
-    assert_server_serves(&server);
+    c
+}
+
+const MALFORMED: &[Malformed] = &[
+    Malformed {
+        what: "PING before CREATE_RENDERER",
+        strict: None,
+        send: |s| {
+            let mut c = client(s);
+            c.send_raw(&wire::ping_probe()).unwrap();
+            c
+        },
+    },
+    Malformed {
+        what: "unknown command id 99",
+        strict: None,
+        send: |s| {
+            let mut c = connect_v(s, 2);
+            c.send_message(0, 99, &[]).unwrap();
+            c
+        },
+    },
+    Malformed {
+        what: "unknown command id 0",
+        strict: None,
+        send: |s| {
+            let mut c = connect_v(s, 2);
+            c.send_message(0, 0, &[]).unwrap();
+            c
+        },
+    },
+    Malformed {
+        what: "unknown command id 25 (a version 4 command)",
+        strict: None,
+        send: |s| {
+            let mut c = connect_v(s, 2);
+            c.send_message(0, 25, &[]).unwrap();
+            c
+        },
+    },
+    Malformed {
+        what: "unknown command id 2^32-1",
+        strict: None,
+        send: |s| {
+            let mut c = connect_v(s, 2);
+            c.send_message(0, 0xffff_ffff, &[]).unwrap();
+            c
+        },
+    },
+    Malformed {
+        what: "second CREATE_RENDERER",
+        strict: None,
+        send: |s| {
+            let mut c = connect_v(s, 2);
+            c.create_renderer("again").unwrap();
+            c
+        },
+    },
+    Malformed {
+        // Only the header: LEN > 1 MiB is refused without reading the name.
+        what: "CREATE_RENDERER LEN 1 MiB + 1",
+        strict: None,
+        send: |s| {
+            let mut c = client(s);
+            c.send_message(wire::CREATE_RENDERER_MAX_LEN + 1, cmd::CREATE_RENDERER, &[])
+                .unwrap();
+            c
+        },
+    },
+    Malformed {
+        what: "CREATE_RENDERER LEN 4 GiB",
+        strict: None,
+        send: |s| {
+            let mut c = client(s);
+            c.send_message(0xffff_ffff, cmd::CREATE_RENDERER, &[])
+                .unwrap();
+            c
+        },
+    },
+    Malformed {
+        what: "SUBMIT_CMD 0xdeadbeef at v0",
+        strict: None,
+        send: |s| {
+            let mut c = renderer_only(s, "garbage");
+            c.submit_cmd(&[0xdead_beef]).unwrap();
+            c
+        },
+    },
+    Malformed {
+        what: "SUBMIT_CMD 0xdeadbeef at v2",
+        strict: None,
+        send: |s| {
+            let mut c = connect_v(s, 2);
+            c.submit_cmd(&[0xdead_beef]).unwrap();
+            c
+        },
+    },
+    Malformed {
+        what: "RESOURCE_CREATE with handle 7 at v3",
+        strict: None,
+        send: |s| {
+            raw_at(
+                s,
+                3,
+                &wire::resource_create(&ResourceArgs::texture_2d(8, 8).with_handle(7)),
+            )
+        },
+    },
+    Malformed {
+        what: "RESOURCE_CREATE2 with a handle in use",
+        strict: None,
+        send: |s| {
+            let mut c = connect_v(s, 2);
+            let args = ResourceArgs::texture_2d(8, 8).with_handle(5);
+            c.resource_create2(&args, 256).unwrap();
+            c.send_raw(&wire::resource_create2(&args, 256)).unwrap();
+            c
+        },
+    },
+    Malformed {
+        what: "TRANSFER_GET2 at offset == shm size",
+        strict: None,
+        send: |s| {
+            let mut c = connect_v(s, 2);
+            c.resource_create2(&ResourceArgs::buffer(64).with_handle(1), 64)
+                .unwrap();
+            c.transfer_get2(&Transfer2Args {
+                handle: 1,
+                level: 0,
+                bx: Box3::rect(16, 1),
+                data_size: 16,
+                offset: 64,
+            })
+            .unwrap();
+            c
+        },
+    },
+    Malformed {
+        what: "TRANSFER_GET2 of an unref'd handle",
+        strict: None,
+        send: |s| {
+            let mut c = connect_v(s, 2);
+            let (_, fd) = c
+                .resource_create2(&ResourceArgs::texture_2d(8, 8).with_handle(1), 256)
+                .unwrap();
+            assert!(fd.is_some());
+            c.resource_unref(1).unwrap();
+            c.ping().unwrap();
+            c.transfer_get2(&Transfer2Args {
+                handle: 1,
+                level: 0,
+                bx: Box3::rect(8, 8),
+                data_size: 256,
+                offset: 0,
+            })
+            .unwrap();
+            c
+        },
+    },
+    Malformed {
+        what: "TRANSFER_GET of an unknown handle",
+        strict: None,
+        send: |s| {
+            let mut c = renderer_only(s, "vtest-e2e");
+            c.send_raw(&wire::transfer_get(&TransferArgs {
+                handle: 77,
+                bx: Box3::rect(4, 1),
+                data_size: 4,
+                ..Default::default()
+            }))
+            .unwrap();
+            c
+        },
+    },
+    Malformed {
+        what: "TRANSFER_GET data_size 4 GiB",
+        strict: Some("cap data_size (it would malloc and send 4 GiB)"),
+        send: |s| {
+            let mut c = renderer_only(s, "huge");
+            c.resource_create(&ResourceArgs::buffer(64).with_handle(1))
+                .unwrap();
+            c.send_raw(&wire::transfer_get(&TransferArgs {
+                handle: 1,
+                bx: Box3::rect(64, 1),
+                data_size: u32::MAX,
+                ..Default::default()
+            }))
+            .unwrap();
+            c
+        },
+    },
+    Malformed {
+        what: "TRANSFER_PUT data_size 4 GiB (header only, the data never comes)",
+        strict: Some("cap data_size (it would wait for 4 GiB)"),
+        send: |s| {
+            let mut c = renderer_only(s, "huge");
+            c.resource_create(&ResourceArgs::buffer(64).with_handle(1))
+                .unwrap();
+            let args = TransferArgs {
+                handle: 1,
+                bx: Box3::rect(64, 1),
+                data_size: u32::MAX,
+                ..Default::default()
+            };
+            c.send_message(11 + (u32::MAX / 4 + 1), cmd::TRANSFER_PUT, &args.dwords())
+                .unwrap();
+            c
+        },
+    },
+    Malformed {
+        what: "SUBMIT_CMD LEN 2^32-1 dwords (header only)",
+        strict: Some("cap SUBMIT_CMD LEN (it would wait for 16 GiB)"),
+        send: |s| {
+            let mut c = connect_v(s, 2);
+            c.send_message(u32::MAX, cmd::SUBMIT_CMD, &[]).unwrap();
+            c
+        },
+    },
+    Malformed {
+        what: "CONTEXT_INIT 1 then 2",
+        strict: None,
+        send: |s| {
+            let mut c = connect_v(s, 3);
+            c.context_init(wire::CAPSET_VIRGL).unwrap();
+            c.ping().unwrap();
+            c.context_init(wire::CAPSET_VIRGL2).unwrap();
+            c
+        },
+    },
+    Malformed {
+        what: "CONTEXT_INIT 0",
+        strict: None,
+        send: |s| {
+            let mut c = connect_v(s, 3);
+            c.context_init(0).unwrap();
+            c
+        },
+    },
+    Malformed {
+        what: "blob type 7",
+        strict: None,
+        send: |s| {
+            let mut c = connect_v(s, 3);
+            c.context_init(wire::CAPSET_VIRGL2).unwrap();
+            c.send_raw(&wire::resource_create_blob(7, 0, 4096, 0))
+                .unwrap();
+            c
+        },
+    },
+    Malformed {
+        what: "1 EiB guest blob",
+        strict: None,
+        send: |s| {
+            let mut c = connect_v(s, 3);
+            c.context_init(wire::CAPSET_VIRGL2).unwrap();
+            c.send_raw(&wire::resource_create_blob(
+                wire::BLOB_MEM_GUEST,
+                wire::BLOB_FLAG_MAPPABLE,
+                1 << 60,
+                0,
+            ))
+            .unwrap();
+            c
+        },
+    },
+    Malformed {
+        what: "SYNC_READ of an unknown id",
+        strict: None,
+        send: |s| raw_at(s, 3, &wire::sync_read(4242)),
+    },
+    Malformed {
+        what: "SYNC_WAIT LEN 4 (not 2 + 3n)",
+        strict: None,
+        send: |s| {
+            let mut c = connect_v(s, 3);
+            let sync = c.sync_create(0).unwrap();
+            c.send_message(4, cmd::SYNC_WAIT, &[0, 0, sync, 1]).unwrap();
+            c
+        },
+    },
+    Malformed {
+        what: "SUBMIT_CMD2 on ring 1 of a virgl context",
+        strict: None,
+        send: |s| {
+            let mut c = connect_v(s, 3);
+            let sync = c.sync_create(0).unwrap();
+            c.submit_cmd2(&[Batch {
+                flags: wire::SUBMIT_CMD2_FLAG_RING_IDX,
+                cmd: vec![],
+                syncs: vec![(sync, 1)],
+                ring_idx: 1,
+            }])
+            .unwrap();
+            c
+        },
+    },
+    Malformed {
+        // One batch whose command range runs past LEN (9 dwords).
+        what: "SUBMIT_CMD2 cmd range past LEN",
+        strict: None,
+        send: |s| {
+            raw_at(
+                s,
+                3,
+                &wire::message(cmd::SUBMIT_CMD2, &[1, 0, 5, 10, 9, 0, 0, 0, 0]),
+            )
+        },
+    },
+    Malformed {
+        // cmd_offset + cmd_size wraps around u32 to 1 (docs/PROTOCOL.md §5.7 item 4).
+        what: "SUBMIT_CMD2 wrapping cmd_offset",
+        strict: None,
+        send: |s| {
+            raw_at(
+                s,
+                3,
+                &wire::message(cmd::SUBMIT_CMD2, &[1, 0, 0xffff_ffff, 2, 9, 0, 0, 0, 0]),
+            )
+        },
+    },
+    Malformed {
+        what: "SUBMIT_CMD2 with an unknown sync",
+        strict: None,
+        send: |s| {
+            let mut c = connect_v(s, 3);
+            c.submit_cmd2(&[Batch {
+                flags: 0,
+                cmd: vec![],
+                syncs: vec![(999, 1)],
+                ring_idx: 0,
+            }])
+            .unwrap();
+            c
+        },
+    },
+];
+
+/// Whether the server closed `c` without sending anything first.
+fn closed_silently(c: &mut Client) -> Result<(), String> {
+    match c.expect_disconnect(CLOSE_TIMEOUT) {
+        Ok(0) => Ok(()),
+        Ok(n) => Err(format!("sent {n} unexpected bytes before closing")),
+        Err(Error::Timeout) => Err("did not close the connection".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Every malformed request of [`MALFORMED`], each on its own connection to one
+/// server: each connection is closed, and after each the server still serves a
+/// fresh client. All failures are reported together.
+#[test]
+fn malformed_requests_close_only_their_connection() {
+    let server = start();
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for case in MALFORMED {
+        if let Some(why) = case.strict {
+            if skip_on_reference(&server, why) {
+                continue;
+            }
+        }
+        ran += 1;
+        let mut c = (case.send)(&server);
+        if let Err(e) = closed_silently(&mut c) {
+            failures.push(format!("{}: {e}", case.what));
+        }
+        assert_server_serves(&server);
+    }
+    assert!(ran > 0, "no case ran");
+    assert!(
+        failures.is_empty(),
+        "{} of {ran} malformed requests were not refused:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -1588,22 +1734,6 @@ fn busy_wait_alongside_another_client() {
 }
 
 #[test]
-fn blob_huge_size_closes() {
-    let server = start();
-    let mut c = connect_v(&server, 3);
-    c.context_init(wire::CAPSET_VIRGL2).unwrap();
-    c.send_raw(&wire::resource_create_blob(
-        wire::BLOB_MEM_GUEST,
-        wire::BLOB_FLAG_MAPPABLE,
-        1 << 60,
-        0,
-    ))
-    .unwrap();
-    assert_closed(&mut c, "1 EiB guest blob");
-    assert_server_serves(&server);
-}
-
-#[test]
 fn transfer_get_out_of_bounds_leaks_nothing() {
     // The reference sends its malloc buffer even when the read fails (PROTOCOL.md
     // §2.4, a potential heap leak). Acceptable: close the connection, or send
@@ -1644,65 +1774,6 @@ fn transfer_get_out_of_bounds_leaks_nothing() {
         Err(e) => panic!("out-of-bounds TRANSFER_GET: {e}"),
     }
     drop(c);
-    assert_server_serves(&server);
-}
-
-#[test]
-fn strict_huge_transfer_get_closes() {
-    let server = start();
-    if skip_on_reference(&server, "cap data_size (it would malloc and send 4 GiB)") {
-        return;
-    }
-    let mut c = client(&server);
-    c.create_renderer("huge").unwrap();
-    c.ping().unwrap();
-    c.resource_create(&ResourceArgs::buffer(64).with_handle(1))
-        .unwrap();
-    c.send_raw(&wire::transfer_get(&TransferArgs {
-        handle: 1,
-        bx: Box3::rect(64, 1),
-        data_size: u32::MAX,
-        ..Default::default()
-    }))
-    .unwrap();
-    assert_closed(&mut c, "TRANSFER_GET data_size 4 GiB");
-    assert_server_serves(&server);
-}
-
-#[test]
-fn strict_huge_transfer_put_closes() {
-    let server = start();
-    if skip_on_reference(&server, "cap data_size (it would wait for 4 GiB)") {
-        return;
-    }
-    let mut c = client(&server);
-    c.create_renderer("huge").unwrap();
-    c.ping().unwrap();
-    c.resource_create(&ResourceArgs::buffer(64).with_handle(1))
-        .unwrap();
-    let args = TransferArgs {
-        handle: 1,
-        bx: Box3::rect(64, 1),
-        data_size: u32::MAX,
-        ..Default::default()
-    };
-    // Header only; the 4 GiB of data never comes.
-    c.send_message(11 + (u32::MAX / 4 + 1), cmd::TRANSFER_PUT, &args.dwords())
-        .unwrap();
-    assert_closed(&mut c, "TRANSFER_PUT data_size 4 GiB");
-    assert_server_serves(&server);
-}
-
-#[test]
-fn strict_huge_submit_cmd_closes() {
-    let server = start();
-    if skip_on_reference(&server, "cap SUBMIT_CMD LEN (it would wait for 16 GiB)") {
-        return;
-    }
-    let mut c = connect_v(&server, 2);
-    // Header only; the 16 GiB of commands never come.
-    c.send_message(u32::MAX, cmd::SUBMIT_CMD, &[]).unwrap();
-    assert_closed(&mut c, "SUBMIT_CMD LEN 2^32-1 dwords");
     assert_server_serves(&server);
 }
 

@@ -19,16 +19,34 @@ use std::time::{Duration, Instant};
 use super::server::Server;
 use super::xvfb::Xvfb;
 
-/// A fresh directory for client outputs (outside /tmp, so that it is the same
-/// path inside the clients' mount namespace).
+/// A fresh directory for client outputs. It must be outside /tmp so that it is
+/// the same path inside the clients' mount namespace (where /tmp is the
+/// server's directory): cargo's target directory, unless the checkout itself
+/// lives under /tmp.
 pub fn work_dir(tag: &str) -> PathBuf {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("mesa-{tag}-{}-{n}", std::process::id()));
+    let dir = outputs_root().join(format!("mesa-{tag}-{}-{n}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).expect("create work dir");
     dir
+}
+
+/// Where [`work_dir`] makes its directories: `CARGO_TARGET_TMPDIR`, or
+/// `/var/tmp/vtestd-tests` when that is hidden by a client's private /tmp.
+pub fn outputs_root() -> PathBuf {
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let resolved = fs::canonicalize(&target).unwrap_or_else(|_| target.clone());
+    if hidden_by_private_tmp(&resolved) {
+        PathBuf::from("/var/tmp/vtestd-tests")
+    } else {
+        target
+    }
+}
+
+/// Whether `path` is /tmp or below it (then a client's private /tmp hides it).
+pub fn hidden_by_private_tmp(path: &Path) -> bool {
+    path.starts_with("/tmp")
 }
 
 /// `program args...` as a Mesa virpipe client of `server`, on `xvfb`'s display.
