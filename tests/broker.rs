@@ -293,6 +293,7 @@ fn status_reflects_a_client_and_then_its_exit_reason() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "test-hooks"), ignore = "needs --features test-hooks")]
 fn the_hang_watchdog_kills_a_worker_without_progress() {
     let config = "[server]\nhang_timeout_secs = 2\n";
     let dir = common::server::unique_dir("hang");
