@@ -772,7 +772,14 @@ fn silent_admin_connections_stall_neither_clients_nor_status() {
     let silent: Vec<UnixStream> = (0..20)
         .map(|_| UnixStream::connect(server.dir().join("admin.sock")).expect("connect"))
         .collect();
-    std::thread::sleep(Duration::from_millis(100));
+    // The broker has taken them: the 17th found the 16 kept at once.
+    assert!(
+        eventually(5, || server
+            .log_text()
+            .contains("admin connections at their limit")),
+        "{}",
+        server.log_text()
+    );
     let meanwhile = served();
     println!("a fresh client: {usual:?} alone, {meanwhile:?} beside 20 silent admin connections");
     assert!(
