@@ -130,13 +130,13 @@ stage() {
     t=$SECONDS
     lap() { echo "=== debian13 $1: $((SECONDS - t)) s" >&2; t=$SECONDS; }
     cat /etc/debian_version; pkg-config --modversion virglrenderer
-    cargo build --locked --workspace --all-targets
+    cargo build --locked --workspace --all-targets --features vtestd/test-hooks
     lap build
-    cargo test --locked --no-fail-fast --workspace -- --test-threads=1
+    cargo test --locked --no-fail-fast --workspace --features vtestd/test-hooks -- --test-threads=1
     lap "cargo test --workspace"
-    VTESTD_TEST_SERVER=reference cargo test --locked --test protocol -- --test-threads=1
+    VTESTD_TEST_SERVER=reference cargo test --locked --features vtestd/test-hooks --test protocol -- --test-threads=1
     lap "protocol suite against virgl_test_server 1.1.0"
-    VTESTD_TEST_BACKEND=gles cargo test --locked --test mesa -- --test-threads=1
+    VTESTD_TEST_BACKEND=gles cargo test --locked --features vtestd/test-hooks --test mesa -- --test-threads=1
     lap "Mesa suite, GLES backend"'
   echo "=== debian13 stage: $((SECONDS - t0)) s in all" >&2
 }

@@ -13,7 +13,7 @@ lap() { echo "=== $1: $((SECONDS - t)) s" >&2; t=$SECONDS; }
 
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
-cargo build --locked --workspace --all-targets
+cargo build --locked --workspace --all-targets --features vtestd/test-hooks
 lap "fmt, clippy, build"
 # The Debian 13 root (cached in target/debian13/): its Mesa 25 clients are
 # also the newer guests of this host's tests below, which must find it.
@@ -22,16 +22,16 @@ export VTESTD_REQUIRE_DEBIAN13=1
 lap "Debian 13 root"
 # One test at a time inside each binary: the end-to-end tests start servers,
 # Xvfb and Mesa clients, and the machine may have only two cores.
-cargo test --locked --no-fail-fast --workspace -- --test-threads=1
+cargo test --locked --no-fail-fast --workspace --features vtestd/test-hooks -- --test-threads=1
 lap "cargo test --workspace"
 # Every backend under the production sandbox: the Mesa suite on GLES too
 # (render nodes where the machine has one: VTESTD_TEST_BACKEND=render-node).
-VTESTD_TEST_BACKEND=gles cargo test --locked --test mesa -- --test-threads=1
+VTESTD_TEST_BACKEND=gles cargo test --locked --features vtestd/test-hooks --test mesa -- --test-threads=1
 lap "Mesa suite, GLES backend"
 for node in /dev/dri/renderD*; do
   [ -e "$node" ] || continue
   VTESTD_TEST_BACKEND=render-node VTESTD_TEST_RENDER_NODE="$node" \
-    cargo test --locked --test mesa --test sandbox -- --test-threads=1
+    cargo test --locked --features vtestd/test-hooks --test mesa --test sandbox -- --test-threads=1
   lap "Mesa and sandbox suites, render node $node"
   break
 done

@@ -293,6 +293,7 @@ fn status_reflects_a_client_and_then_its_exit_reason() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "test-hooks"), ignore = "needs --features test-hooks")]
 fn the_hang_watchdog_kills_a_worker_without_progress() {
     let config = "[server]\nhang_timeout_secs = 2\n";
     let dir = common::server::unique_dir("hang");
@@ -771,7 +772,14 @@ fn silent_admin_connections_stall_neither_clients_nor_status() {
     let silent: Vec<UnixStream> = (0..20)
         .map(|_| UnixStream::connect(server.dir().join("admin.sock")).expect("connect"))
         .collect();
-    std::thread::sleep(Duration::from_millis(100));
+    // The broker has taken them: the 17th found the 16 kept at once.
+    assert!(
+        eventually(5, || server
+            .log_text()
+            .contains("admin connections at their limit")),
+        "{}",
+        server.log_text()
+    );
     let meanwhile = served();
     println!("a fresh client: {usual:?} alone, {meanwhile:?} beside 20 silent admin connections");
     assert!(

@@ -260,7 +260,7 @@ fn pile_up_waits(a: &Arena, max: usize) -> (usize, &'static str) {
 }
 
 /// The worker's fd limit, lowered for the fault-injection tests below
-/// through a debug-build-only hook (release builds ignore it): with the
+/// through a test hook (only `test-hooks` builds have it): with the
 /// configuration's checks, waits alone cannot reach the real limit.
 const TEST_OPEN_FILES: &str = "256";
 
@@ -270,6 +270,7 @@ const TEST_OPEN_FILES: &str = "256";
 /// sync releases the fds; piling up again ends that client (EMFILE), and
 /// the log names what ran out and the setting that bounds it.
 #[test]
+#[cfg_attr(not(feature = "test-hooks"), ignore = "needs --features test-hooks")]
 fn fd_exhaustion_in_a_worker_ends_only_that_client() {
     let server = Server::start_with_env(
         ServerKind::Vtestd,
@@ -609,11 +610,12 @@ fn broker_restart_under_socket_activation_loses_no_queued_client() {
     assert!(zombie_children(c.pid()).is_empty());
 }
 
-/// A compromised worker (simulated by a debug-build-only hook: the worker
-/// of client 2 sends `Stats` in a tight loop instead of serving) cannot
+/// A compromised worker (simulated by a hook of `test-hooks` builds: the
+/// worker of client 2 sends `Stats` in a tight loop instead of serving) cannot
 /// keep the broker busy: past 64 messages in a second it is killed, the
 /// reason is logged, and everyone else is served as before.
 #[test]
+#[cfg_attr(not(feature = "test-hooks"), ignore = "needs --features test-hooks")]
 fn a_worker_flooding_the_control_channel_is_killed() {
     let server = Server::start_with_env(
         ServerKind::Vtestd,
@@ -647,6 +649,7 @@ fn a_worker_flooding_the_control_channel_is_killed() {
 /// its stderr gets them relayed as its own lines, prefixed and escaped,
 /// never as lines of the broker.
 #[test]
+#[cfg_attr(not(feature = "test-hooks"), ignore = "needs --features test-hooks")]
 fn a_worker_cannot_forge_broker_log_lines() {
     let server = Server::start_with_env(ServerKind::Vtestd, &[], &[("VTESTD_TEST_FORGE_LOG", "2")]);
     let mut a = Arena::with_server(server);

@@ -719,9 +719,14 @@ fn silent_connections(a: &mut Arena) -> Outcome {
     const N: usize = 32;
     let waiting = |a: &Arena| a.server.status()["listeners"][0]["waiting"].as_u64();
     let mut conns: Vec<Client> = (0..N).map(|_| a.raw()).collect();
-    // A connection costs no worker until its first byte: the broker holds it.
+    // A connection costs no worker until its first byte: the broker holds
+    // it. Once status counts them all as waiting, the broker has handled
+    // every accept, and a worker it had started for one would be there.
     assert!(eventually(10, || waiting(a) == Some(N as u64)));
-    std::thread::sleep(Duration::from_millis(300));
+    let serving = a.server.status()["clients"]
+        .as_array()
+        .map_or(0, |c| c.iter().filter(|c| c["state"] == "serving").count());
+    assert_eq!(serving, 1, "only the tenant is served");
     assert!(a.attackers().is_empty(), "silent connections got workers");
     a.tenant_round_trip();
     a.fresh_during();
@@ -729,8 +734,20 @@ fn silent_connections(a: &mut Arena) -> Outcome {
     assert!(eventually(10, || a.attackers().is_empty()));
     // More, up to the per-uid cap (64 for uid 0, the tenant included): the
     // broker closes the connections beyond it at once.
+    let at_cap = |s: &serde_json::Value| {
+        s["counters"]["clients_refused"]["max_clients_per_uid reached"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let refused_before = at_cap(&a.server.status());
     let more: Vec<Client> = (0..40).map(|_| a.raw()).collect();
-    std::thread::sleep(Duration::from_millis(500));
+    // Each of them handled: held (waiting) or closed at the cap (refused).
+    let handled = || {
+        let s = a.server.status();
+        let held = s["listeners"][0]["waiting"].as_u64().unwrap_or(0);
+        held + at_cap(&s) - refused_before == (N + 40) as u64
+    };
+    assert!(eventually(10, handled), "{}", a.server.status());
     let (refused, kept): (Vec<Client>, Vec<Client>) =
         more.into_iter().partition(|c| readable(c, 0));
     for mut c in refused.iter().map(|c| c.stream().try_clone().unwrap()) {

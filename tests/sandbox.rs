@@ -146,6 +146,7 @@ fn workers_get_no_shared_cache_directory_and_bounded_files() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "test-hooks"), ignore = "needs --features test-hooks")]
 fn a_seccomp_violation_is_reported_by_name() {
     let mut server = Server::start_with_env(
         ServerKind::Vtestd,

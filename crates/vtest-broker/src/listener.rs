@@ -13,6 +13,7 @@ use nix::unistd::{geteuid, Gid, Group, Uid, User};
 use crate::BrokerError;
 
 /// A bound, non-blocking listener that removes its socket file on drop.
+#[derive(Debug)]
 pub(crate) struct Listener {
     pub(crate) socket: UnixListener,
     path: PathBuf,
@@ -218,4 +219,127 @@ fn current_umask() -> u32 {
     let old = umask(Mode::from_bits_truncate(0o022));
     umask(old);
     old.bits()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Binding sets the process's umask for a moment: tests that bind or
+    /// read it take turns.
+    static UMASK: Mutex<()> = Mutex::new(());
+
+    /// A fresh directory of ours under the system's temporary directory.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "vtest-broker-listener-{}-{name}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_socket_is_bound_with_its_mode_and_removed_on_drop() {
+        let _umask = UMASK.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = scratch("bind");
+        let path = dir.join("s.sock");
+        let perms = SocketPerms {
+            mode: Some(0o660),
+            ..SocketPerms::default()
+        };
+        let l = Listener::bind(&path, &perms).unwrap();
+        assert!(is_our_socket(&path));
+        assert_eq!(mode_of(&path), 0o660);
+        assert_eq!(l.path(), path);
+        assert!(
+            l.accept().unwrap().is_none(),
+            "non-blocking, nobody waiting"
+        );
+        let _peer = UnixStream::connect(&path).unwrap();
+        assert!(l.accept().unwrap().is_some());
+        // A live server's socket is never replaced.
+        assert!(matches!(
+            Listener::bind(&path, &perms),
+            Err(BrokerError::AddressInUse(_))
+        ));
+        drop(l);
+        assert!(!path.exists(), "removed on drop");
+        // A stale socket of ours is replaced.
+        drop(UnixListener::bind(&path).unwrap());
+        let l = Listener::bind(&path, &SocketPerms::default()).unwrap();
+        assert_eq!(mode_of(&path), 0o777 & !current_umask());
+        drop(l);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn symlinks_and_other_files_at_the_path_are_refused() {
+        let _umask = UMASK.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = scratch("refuse");
+        let target = dir.join("victim");
+        fs::write(&target, "x").unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.join("link.sock");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = Listener::bind(&link, &SocketPerms::default()).unwrap_err();
+        assert!(e.to_string().contains("refusing the socket path"), "{e}");
+        assert!(
+            matches!(&e, BrokerError::UnsafeSocketPath { why, .. } if why.contains("symbolic link"))
+        );
+        assert_eq!(mode_of(&target), 0o600, "the target is untouched");
+        let e = Listener::bind(&target, &SocketPerms::default()).unwrap_err();
+        assert!(
+            matches!(&e, BrokerError::UnsafeSocketPath { why, .. } if why.contains("not a socket"))
+        );
+        assert!(!is_our_socket(&target) && !is_our_socket(&link));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_directories_nobody_else_can_swap_sockets_in_are_used() {
+        let dir = scratch("dirs");
+        assert_eq!(check_directory(&dir), Ok(()));
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        let e = check_directory(&dir).unwrap_err();
+        assert!(
+            e.contains("writable by others (mode 777) and not sticky"),
+            "{e}"
+        );
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).unwrap();
+        assert_eq!(check_directory(&dir), Ok(()), "sticky, like /tmp");
+        let file = dir.join("f");
+        fs::write(&file, "").unwrap();
+        assert!(check_directory(&file)
+            .unwrap_err()
+            .contains("is not a directory"));
+        if geteuid().is_root() {
+            let theirs = dir.join("theirs");
+            fs::create_dir(&theirs).unwrap();
+            nix::unistd::chown(&theirs, Some(Uid::from_raw(65534)), None).unwrap();
+            let e = check_directory(&theirs).unwrap_err();
+            assert!(e.contains("belongs to uid 65534"), "{e}");
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn users_and_groups_by_name_or_number() {
+        assert_eq!(resolve_uid("0").unwrap(), Uid::from_raw(0));
+        assert_eq!(resolve_uid("root").unwrap(), Uid::from_raw(0));
+        assert_eq!(resolve_uid("4242").unwrap(), Uid::from_raw(4242));
+        assert!(resolve_uid("no-such-user-vtestd").is_err());
+        assert_eq!(resolve_gid("0").unwrap(), Gid::from_raw(0));
+        assert_eq!(resolve_gid("root").unwrap(), Gid::from_raw(0));
+        assert!(resolve_gid("no-such-group-vtestd").is_err());
+    }
 }

@@ -1,6 +1,6 @@
 //! Starting a worker: fork+exec of our own binary with a clean environment.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
@@ -65,44 +65,26 @@ impl WorkerCommand {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (key, value) in std::env::vars_os() {
-            let Some(name) = key.to_str() else { continue };
-            // Test hooks exist only in debug builds (never in packages).
-            let test_hook = cfg!(debug_assertions) && name.starts_with("VTESTD_TEST_");
-            let passed = test_hook || PASSED_PREFIXES.iter().any(|p| name.starts_with(p));
-            // A server started from a client's shell must not render through itself.
-            let loops = name == "GALLIUM_DRIVER" && value == "virpipe";
-            if passed && !loops {
+            if passed_to_workers(&key, &value) {
                 cmd.env(&key, &value);
             }
         }
-        // Mesa's on-disk shader cache is state shared between the processes
-        // that use it: off unless opted in, and then one directory per uid.
-        match &self.shader_cache_dir {
+        let cache_dir = match &self.shader_cache_dir {
             Some(base) => {
                 let dir = base.join(format!("uid-{client_uid}"));
                 std::fs::DirBuilder::new()
                     .recursive(true)
                     .mode(0o700)
                     .create(&dir)?;
-                for var in SHADER_CACHE_VARS {
-                    cmd.env_remove(var);
-                }
-                cmd.env_remove("MESA_SHADER_CACHE_DISABLE");
-                cmd.env("MESA_SHADER_CACHE_DIR", dir);
-                // One file, opened while the worker initialises (files
-                // cannot be opened once it serves): Mesa 22.3 and 25 both
-                // have this mode.
-                cmd.env("MESA_DISK_CACHE_SINGLE_FILE", "1");
+                Some(dir)
             }
-            None => {
-                // Whatever the broker's own environment says: a cache
-                // directory there would be shared by every client (and
-                // bound writable into each worker's sandbox).
-                for var in SHADER_CACHE_VARS {
-                    cmd.env_remove(var);
-                }
-                cmd.env("MESA_SHADER_CACHE_DISABLE", "true");
-            }
+            None => None,
+        };
+        for (var, value) in shader_cache_env(cache_dir) {
+            match value {
+                Some(v) => cmd.env(var, v),
+                None => cmd.env_remove(var),
+            };
         }
         let mut child = cmd.spawn()?;
         let log = OwnedFd::from(
@@ -118,5 +100,127 @@ impl WorkerCommand {
         )?;
         // Reaped through SIGCHLD by pid; dropping `Child` neither waits nor kills.
         Ok((child.id(), log))
+    }
+}
+
+/// Whether the broker's variable `key` reaches workers: Mesa's and
+/// logging's knobs do, the end-to-end tests' `VTESTD_TEST_*` hooks only in
+/// a build with the `test-hooks` feature (never a package's), nothing else.
+fn passed_to_workers(key: &OsStr, value: &OsStr) -> bool {
+    let Some(name) = key.to_str() else {
+        return false;
+    };
+    let test_hook = cfg!(feature = "test-hooks") && name.starts_with("VTESTD_TEST_");
+    let passed = test_hook || PASSED_PREFIXES.iter().any(|p| name.starts_with(p));
+    // A server started from a client's shell must not render through itself.
+    let loops = name == "GALLIUM_DRIVER" && value == "virpipe";
+    passed && !loops
+}
+
+/// Mesa's on-disk shader cache is state shared between the processes that
+/// use it: off unless opted in, and then in the client uid's own directory
+/// `dir`. What to set (`Some`) and remove (`None`), in order, whatever the
+/// broker's own environment says (a cache directory there would be shared
+/// by every client, and bound writable into each worker's sandbox).
+fn shader_cache_env(dir: Option<PathBuf>) -> Vec<(&'static str, Option<OsString>)> {
+    let mut env: Vec<(&'static str, Option<OsString>)> =
+        SHADER_CACHE_VARS.iter().map(|var| (*var, None)).collect();
+    match dir {
+        Some(dir) => {
+            env.push(("MESA_SHADER_CACHE_DISABLE", None));
+            env.push(("MESA_SHADER_CACHE_DIR", Some(dir.into_os_string())));
+            // One file, opened while the worker initialises (files cannot
+            // be opened once it serves): Mesa 22.3 and 25 both have this mode.
+            env.push(("MESA_DISK_CACHE_SINGLE_FILE", Some("1".into())));
+        }
+        None => env.push(("MESA_SHADER_CACHE_DISABLE", Some("true".into()))),
+    }
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::ffi::OsStrExt;
+
+    use super::*;
+
+    fn passed(key: &str, value: &str) -> bool {
+        passed_to_workers(OsStr::new(key), OsStr::new(value))
+    }
+
+    #[test]
+    fn only_mesa_and_logging_variables_reach_workers() {
+        for key in [
+            "MESA_DEBUG",
+            "LIBGL_ALWAYS_SOFTWARE",
+            "GALLIUM_HUD",
+            "LP_NUM_THREADS",
+            "EGL_PLATFORM",
+            "__EGL_VENDOR_LIBRARY_DIRS",
+            "VIRGL_DEBUG",
+            "RUST_LOG",
+            "LD_LIBRARY_PATH",
+        ] {
+            assert!(passed(key, "1"), "{key}");
+        }
+        for key in [
+            "HOME",
+            "PATH",
+            "NOTIFY_SOCKET",
+            "LISTEN_FDS",
+            "SSH_AUTH_SOCK",
+            "DISPLAY",
+            "XDG_RUNTIME_DIR",
+            "mesa_debug",
+        ] {
+            assert!(!passed(key, "1"), "{key}");
+        }
+        assert!(!passed_to_workers(
+            OsStr::from_bytes(b"MESA_\xff"),
+            OsStr::new("1")
+        ));
+    }
+
+    #[test]
+    fn a_server_never_renders_through_itself() {
+        assert!(!passed("GALLIUM_DRIVER", "virpipe"));
+        assert!(passed("GALLIUM_DRIVER", "llvmpipe"));
+    }
+
+    #[test]
+    fn test_hooks_pass_only_in_a_test_hooks_build() {
+        let hooks = passed("VTESTD_TEST_FAKE_HANG", "1");
+        assert_eq!(hooks, cfg!(feature = "test-hooks"));
+    }
+
+    #[test]
+    fn the_shader_cache_is_off_unless_a_directory_is_given() {
+        let off = shader_cache_env(None);
+        assert!(SHADER_CACHE_VARS.iter().all(|v| off.contains(&(*v, None))));
+        assert_eq!(
+            off.last(),
+            Some(&("MESA_SHADER_CACHE_DISABLE", Some("true".into())))
+        );
+        let on = shader_cache_env(Some(PathBuf::from("/var/cache/vtestd/uid-1000")));
+        let set: Vec<_> = on.iter().filter(|(_, v)| v.is_some()).collect();
+        assert_eq!(
+            set,
+            [
+                &(
+                    "MESA_SHADER_CACHE_DIR",
+                    Some("/var/cache/vtestd/uid-1000".into())
+                ),
+                &("MESA_DISK_CACHE_SINGLE_FILE", Some("1".into())),
+            ]
+        );
+        assert!(on.contains(&("MESA_SHADER_CACHE_DISABLE", None)));
+        // Removed before set: the broker's own MESA_SHADER_CACHE_DIR never wins.
+        let removed = on
+            .iter()
+            .position(|e| e == &("MESA_SHADER_CACHE_DIR", None));
+        let set = on
+            .iter()
+            .position(|(k, v)| *k == "MESA_SHADER_CACHE_DIR" && v.is_some());
+        assert!(removed < set);
     }
 }

@@ -110,8 +110,6 @@ pub enum ExitReason {
         resource: String,
         reason: String,
     },
-    /// The broker asked the worker to stop.
-    Shutdown,
     InitFailed {
         reason: String,
     },
@@ -157,7 +155,7 @@ impl ExitReason {
             Self::InitFailed { reason } => Self::InitFailed {
                 reason: printable(&reason),
             },
-            Self::ClientDisconnected | Self::Shutdown => self,
+            Self::ClientDisconnected => self,
         }
     }
 }
@@ -173,7 +171,6 @@ impl fmt::Display for ExitReason {
             }
             Self::IoError { reason } => write!(f, "I/O error: {reason}"),
             Self::WorkerExhausted { reason, .. } => f.write_str(reason),
-            Self::Shutdown => f.write_str("shut down by broker"),
             Self::InitFailed { reason } => write!(f, "initialisation failed: {reason}"),
         }
     }
@@ -231,7 +228,6 @@ mod tests {
                 },
                 "I/O error: broken pipe",
             ),
-            (ExitReason::Shutdown, "shut down by broker"),
             (
                 ExitReason::InitFailed {
                     reason: "no EGL display".into(),

@@ -68,7 +68,6 @@ fn every_worker_msg() -> Vec<WorkerMsg> {
         ExitReason::IoError {
             reason: "connection reset".into(),
         },
-        ExitReason::Shutdown,
         ExitReason::InitFailed {
             reason: "no EGL display".into(),
         },

@@ -37,7 +37,6 @@ fn exit_reason() -> impl Strategy<Value = ExitReason> {
         (short_string(), any::<u64>(), any::<u64>())
             .prop_map(|(limit, value, max)| ExitReason::LimitExceeded { limit, value, max }),
         short_string().prop_map(|reason| ExitReason::IoError { reason }),
-        Just(ExitReason::Shutdown),
         short_string().prop_map(|reason| ExitReason::InitFailed { reason }),
     ]
 }

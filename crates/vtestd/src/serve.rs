@@ -75,7 +75,7 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         config_path: args.config.config.clone(),
         overrides: Box::new(overrides),
         program: std::env::current_exe()?,
-        max_clients: args.no_loop_or_fork.then_some(1),
+        serve_total: args.no_loop_or_fork.then_some(1),
     };
     Broker::new(settings)?.run()?;
     Ok(())

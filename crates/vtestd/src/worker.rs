@@ -100,7 +100,7 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         }
     }
     let rlimits = args.rlimits();
-    #[cfg(debug_assertions)]
+    #[cfg(feature = "test-hooks")]
     let rlimits = test_hooks::rlimits(rlimits);
     let profile = match sandbox::confine(&args.renderer, rlimits, &channel) {
         Ok(profile) => profile,
@@ -160,11 +160,11 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         },
         &[],
     );
-    #[cfg(debug_assertions)]
+    #[cfg(feature = "test-hooks")]
     test_hooks::forbidden_syscall();
-    #[cfg(debug_assertions)]
+    #[cfg(feature = "test-hooks")]
     test_hooks::control_flood(&channel, client.client_id);
-    #[cfg(debug_assertions)]
+    #[cfg(feature = "test-hooks")]
     test_hooks::forge_log_line(client.client_id);
     let backend = VirglBackend::new(renderer);
     let mut session = match Session::new(backend, stream, session_limits(&limits)) {
@@ -175,7 +175,7 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         }
     };
     let result = session.run_with_ticks(|stats| {
-        #[cfg(debug_assertions)]
+        #[cfg(feature = "test-hooks")]
         let stats = test_hooks::fake_hang(stats);
         let _ = channel.send(&WorkerMsg::Stats(stats), &[]);
     });
@@ -254,10 +254,11 @@ fn exit_reason(e: &SessionError, reason: String, limits: &vtest_sandbox::Rlimits
     }
 }
 
-/// Debug builds only: lets the end-to-end tests provoke a seccomp violation
-/// in a real worker (`VTESTD_TEST_FORBIDDEN_SYSCALL=socket`). Release builds,
-/// and so every package, have no such code.
-#[cfg(debug_assertions)]
+/// Builds with the `test-hooks` feature only (`cargo test --features
+/// vtestd/test-hooks`): lets the end-to-end tests make a real worker
+/// misbehave (`VTESTD_TEST_FORBIDDEN_SYSCALL=socket` and the others below).
+/// Other builds, and so every package, have no such code.
+#[cfg(feature = "test-hooks")]
 mod test_hooks {
     /// `VTESTD_TEST_WORKER_OPEN_FILES=N`: a lower fd limit than the
     /// configuration allows, to exhaust a worker's fds on purpose.

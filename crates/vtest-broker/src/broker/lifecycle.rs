@@ -1,0 +1,197 @@
+//! Workers' lives as the broker runs them: the start-up probe of each
+//! listener, pools kept at their size (with a back-off after failures),
+//! starting a worker (in its own cgroup where there are per-worker
+//! cgroups), and reaping.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tracing::{debug, error, info, warn};
+use vtest_control::{BrokerMsg, Channel};
+
+use super::listeners::ListenerId;
+use super::Broker;
+use crate::cgroup;
+use crate::workers::{Role, WorkerId};
+use crate::BrokerError;
+
+/// How long the start-up probe waits for a listener's first worker.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+/// After a pool worker fails to start, wait this long before the next.
+const POOL_BACKOFF: Duration = Duration::from_secs(2);
+
+impl Broker {
+    /// Before anyone is served, one worker per listener starts with the
+    /// listener's backend and sandbox, initialises its renderer (a
+    /// throwaway context included, see `vtestd worker`) and reports Ready.
+    /// A configuration whose workers cannot do that (a backend the host
+    /// lacks, a sandbox layer the renderer trips over) is refused here with
+    /// the worker's own reason, instead of ending every client. The probe
+    /// becomes the listener's first pool worker, or ends when the listener
+    /// keeps no pool.
+    pub(super) fn probe_listeners(&mut self) -> Result<(), BrokerError> {
+        for li in self.listeners.ids() {
+            let Some(l) = self.listeners.get(li).filter(|l| l.socket.is_some()) else {
+                continue;
+            };
+            let name = l.config.name.clone();
+            let cannot = |reason: String| BrokerError::WorkerCannotStart {
+                listener: name.clone(),
+                reason,
+            };
+            // Started like a pool worker (no client's uid yet).
+            let id = self
+                .spawn(li, Role::Pool { ready: false }, 0)
+                .ok_or_else(|| cannot("the worker process could not be started".into()))?;
+            let pid = self.workers.get(id).map_or(0, |w| w.pid);
+            let started = Instant::now();
+            while !self.workers.is_ready(id) {
+                match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) => {}
+                    Ok(status) => {
+                        let text = self.workers.reaped(status).map(|e| e.text);
+                        return Err(cannot(text.unwrap_or_else(|| "it ended".into())));
+                    }
+                    Err(e) => return Err(cannot(format!("waitpid: {e}"))),
+                }
+                if started.elapsed() > PROBE_TIMEOUT {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    let secs = PROBE_TIMEOUT.as_secs();
+                    return Err(cannot(format!("not ready after {secs} s")));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+                self.workers.drain(id);
+                self.workers.relay_log(id);
+            }
+            info!(listener = %name, worker = pid, ms = started.elapsed().as_millis() as u64,
+                  "a worker started with this listener's configuration");
+            let Some(config) = self.listeners.get(li).map(|l| &l.config) else {
+                continue;
+            };
+            if config.pool == 0 || config.shader_cache_dir.is_some() {
+                self.workers.end_pool(Some(&name), "start-up probe done");
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps each listener's pool at its size.
+    pub(super) fn replenish_pools(&mut self) {
+        if self.stop.is_some() {
+            return;
+        }
+        for li in self.listeners.ids() {
+            let Some(l) = self.listeners.get_mut(li) else {
+                continue;
+            };
+            if l.socket.is_none() || l.config.shader_cache_dir.is_some() {
+                continue;
+            }
+            if let Some(until) = l.backoff_until {
+                if Instant::now() < until {
+                    continue;
+                }
+                l.backoff_until = None;
+            }
+            let target = l.config.pool;
+            let (ready, starting) = self.workers.pool_counts(&l.config.name);
+            for _ in (ready + starting)..target {
+                if self.spawn(li, Role::Pool { ready: false }, 0).is_none() {
+                    self.back_off(li);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// No pool worker of listener `li` starts for a while.
+    fn back_off(&mut self, li: ListenerId) {
+        if let Some(l) = self.listeners.get_mut(li) {
+            l.backoff_until = Some(Instant::now() + POOL_BACKOFF);
+        }
+    }
+
+    /// Starts a worker of listener `li` for a client of `uid` (0: a pool
+    /// worker, for no client yet).
+    pub(super) fn spawn(&mut self, li: ListenerId, role: Role, uid: u32) -> Option<WorkerId> {
+        let l = self.listeners.get(li)?;
+        let (ours, theirs) = match Channel::pair() {
+            Ok(pair) => pair,
+            Err(e) => {
+                error!(error = %e, "control channel");
+                return None;
+            }
+        };
+        // With per-worker cgroups, the worker waits until it is in its
+        // cgroup before its sandbox forks the PID-namespace child, which
+        // would otherwise race the move and start outside the limits.
+        let mut command = l.command.clone();
+        if self.cgroups.is_some() {
+            command.args.push("--wait-for-cgroup".into());
+        }
+        let (pid, log) = match command.spawn(theirs.into_fd(), uid) {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                error!(listener = %l.config.name, error = %e, "cannot start a worker");
+                return None;
+            }
+        };
+        let name = l.config.name.clone();
+        self.counters.workers_started += 1;
+        let mut cgroup = None;
+        if let Some(cg) = &self.cgroups {
+            match cg.add(pid) {
+                Ok(dir) => cgroup = Some(dir),
+                Err(e) => warn!(worker = pid, error = %e, "cgroup limits not applied"),
+            }
+            if let Err(e) = ours.send(&BrokerMsg::CgroupJoined, &[]) {
+                warn!(worker = pid, error = %e, "control channel");
+            }
+        }
+        let id = self.workers.insert(pid, &name, ours, log, role);
+        if let Some(w) = self.workers.get_mut(id) {
+            w.cgroup = cgroup;
+        }
+        debug!(worker = pid, listener = %name, "worker started");
+        Some(id)
+    }
+
+    /// Reaps every worker that ended, and counts how.
+    pub(super) fn reap(&mut self) {
+        loop {
+            // WUNTRACED: a stopped worker (SIGSTOP from outside, or a reaper
+            // made to stop itself) would otherwise hold its slot unseen.
+            let flags = WaitPidFlag::WNOHANG | WaitPidFlag::WUNTRACED;
+            match waitpid(None::<Pid>, Some(flags)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(WaitStatus::Stopped(pid, signal)) => {
+                    // Ended like any other: its death is reaped next.
+                    warn!(
+                        worker = pid.as_raw(),
+                        "worker stopped by {signal}: killing it"
+                    );
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+                Ok(status) => {
+                    let Some(ended) = self.workers.reaped(status) else {
+                        continue;
+                    };
+                    if let Some(dir) = &ended.cgroup {
+                        cgroup::remove(dir);
+                    }
+                    self.counters.worker_exits.add(&ended.category);
+                    if let Some(record) = ended.record {
+                        self.recent.push(ended.ended_at, record);
+                    } else if !ended.became_ready && self.stop.is_none() {
+                        // A pool worker died before it was ready: back off.
+                        if let Some(li) = self.listeners.named(&ended.listener) {
+                            self.back_off(li);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
