@@ -19,4 +19,4 @@ cd "$copy"
 echo "checkout copy: $copy" >&2
 # The Debian 13 guests stay in the main run (their root is not copied).
 env -u VTESTD_REQUIRE_DEBIAN13 \
-  cargo test --locked --test mesa -- --test-threads=1 "$@"
+  cargo test --locked --features vtestd/test-hooks --test mesa -- --test-threads=1 "$@"

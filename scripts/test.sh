@@ -13,6 +13,7 @@ lap() { echo "=== $1: $((SECONDS - t)) s" >&2; t=$SECONDS; }
 
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets --features vtestd/test-hooks -- -D warnings
 cargo build --locked --workspace --all-targets --features vtestd/test-hooks
 lap "fmt, clippy, build"
 # The Debian 13 root (cached in target/debian13/): its Mesa 25 clients are

@@ -42,6 +42,10 @@ fn limit_ends_only_the_offender(limits: &str, name: &str, offend: impl FnOnce(&m
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn live_resources_limit() {
     limit_ends_only_the_offender("max_resources = 4", "max_resources", |c| {
         for _ in 0..5 {
@@ -51,6 +55,10 @@ fn live_resources_limit() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn single_resource_size_limit() {
     limit_ends_only_the_offender("max_resource_mib = 1", "max_resource_bytes", |c| {
         let _ = c.resource_create2(&ResourceArgs::buffer(4 << 20), 2 << 20);
@@ -58,6 +66,10 @@ fn single_resource_size_limit() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn total_shared_memory_limit() {
     limit_ends_only_the_offender("max_shm_mib = 2", "max_shm_bytes", |c| {
         for _ in 0..3 {
@@ -67,6 +79,10 @@ fn total_shared_memory_limit() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn largest_command_limit() {
     let server = Server::start_with_config(&with_limits("max_command_mib = 1"), &[]);
     let mut good = Tenant::connect(&server, "good");
@@ -93,6 +109,10 @@ fn largest_command_limit() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn syncs_limit() {
     limit_ends_only_the_offender("max_syncs = 2", "max_syncs", |c| {
         for _ in 0..3 {
@@ -102,6 +122,10 @@ fn syncs_limit() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn pending_waits_limit() {
     limit_ends_only_the_offender("max_waits = 1", "max_waits", |c| {
         let id = c.sync_create(0).unwrap();
@@ -111,6 +135,10 @@ fn pending_waits_limit() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn idle_time_limit() {
     let server = Server::start_with_config(&with_limits("idle_timeout_secs = 1"), &[]);
     let mut good = Tenant::connect(&server, "good");
@@ -130,6 +158,7 @@ fn idle_time_limit() {
 }
 
 #[test]
+#[cfg_attr(not(all(vtestd_root, vtestd_mesa)), ignore = "needs root and Mesa")]
 fn peers_outside_the_allowed_uids_are_refused() {
     let config = "[[listener]]\nname = \"default\"\nmode = \"0666\"\nallowed_uids = [0]\n";
     let server = Server::start_with_config(config, &[]);
@@ -168,6 +197,10 @@ fn peers_outside_the_allowed_uids_are_refused() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn global_and_per_uid_caps() {
     let config = "[server]\nmax_clients = 2\nmax_clients_per_uid = 2\n";
     let server = Server::start_with_config(config, &[]);
@@ -192,6 +225,10 @@ fn global_and_per_uid_caps() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn pool_serves_at_once_and_silent_connections_cost_no_worker() {
     let server = Server::start_with(common::server::ServerKind::Vtestd, &["--pool=2"]);
     let broker = server.pid();
@@ -233,6 +270,7 @@ fn pool_serves_at_once_and_silent_connections_cost_no_worker() {
 }
 
 #[test]
+#[cfg_attr(not(all(vtestd_root, vtestd_mesa)), ignore = "needs root and Mesa")]
 fn status_reflects_a_client_and_then_its_exit_reason() {
     let server = Server::start(common::server::ServerKind::Vtestd);
     let mut c = Client::connect(server.socket_path()).unwrap();
@@ -293,7 +331,10 @@ fn status_reflects_a_client_and_then_its_exit_reason() {
 }
 
 #[test]
-#[cfg_attr(not(feature = "test-hooks"), ignore = "needs --features test-hooks")]
+#[cfg_attr(
+    not(all(feature = "test-hooks", vtestd_mesa)),
+    ignore = "needs --features test-hooks and Mesa"
+)]
 fn the_hang_watchdog_kills_a_worker_without_progress() {
     let config = "[server]\nhang_timeout_secs = 2\n";
     let dir = common::server::unique_dir("hang");
@@ -319,6 +360,10 @@ fn the_hang_watchdog_kills_a_worker_without_progress() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn sighup_reloads_limits_for_new_connections() {
     let dir = common::server::unique_dir("reload");
     let path = dir.join("vtestd.toml");
@@ -351,6 +396,10 @@ fn sighup_reloads_limits_for_new_connections() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn check_config_validates_and_prints() {
     let dir = common::server::unique_dir("check");
     let good = dir.join("good.toml");
@@ -392,6 +441,10 @@ fn cpu_ticks(pid: u32) -> u64 {
 /// the log: accepting pauses, with one log line, the connections wait in
 /// the backlog, and once fds are free they are accepted and served.
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn a_broker_out_of_fds_pauses_accepting_and_catches_up() {
     let config = "[server]\nmax_clients = 200\nmax_clients_per_uid = 200\n";
     let server = Server::start_with_config(config, &[]);
@@ -437,6 +490,10 @@ fn a_broker_out_of_fds_pauses_accepting_and_catches_up() {
 /// Workers inherit the broker's hard fd limit: a `worker_open_files` above
 /// it would make every worker fail, so the broker refuses to start.
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn worker_open_files_above_the_hard_limit_is_refused_at_start() {
     let dir = common::server::unique_dir("hard-limit");
     let out = Command::new("prlimit")
@@ -461,6 +518,10 @@ fn worker_open_files_above_the_hard_limit_is_refused_at_start() {
 /// not have) is refused at start with the worker's reason, rather than
 /// accepted and failing every client.
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn a_listener_whose_workers_cannot_start_is_refused_at_start() {
     let dir = common::server::unique_dir("probe");
     let socket = dir.join("s");
@@ -526,6 +587,7 @@ fn serve_briefly(socket: &std::path::Path, admin: &std::path::Path) -> (bool, St
 /// somebody else's file, remove somebody else's socket, or serve from a
 /// directory where others could swap the socket for theirs.
 #[test]
+#[cfg_attr(not(all(vtestd_root, vtestd_mesa)), ignore = "needs root and Mesa")]
 fn unsafe_socket_paths_are_refused() {
     use std::os::unix::fs::PermissionsExt;
     let dir = common::server::unique_dir("socket-path");
@@ -592,6 +654,10 @@ fn unsafe_socket_paths_are_refused() {
 /// listener it came to (events name listeners by stable id, not by their
 /// position before the reload, which would be out of range here).
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn a_reload_removing_a_listener_does_not_misroute_ready_connections() {
     let dir = common::server::unique_dir("reload-ids");
     let (a, b) = (dir.join("a.sock"), dir.join("b.sock"));
@@ -643,6 +709,10 @@ fn a_reload_removing_a_listener_does_not_misroute_ready_connections() {
 /// A flood of refused connections is logged once per streak, then as one
 /// count: it cannot bury other lines under the journal's rate limit.
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn refused_connections_are_logged_once_per_streak() {
     let config = "[[listener]]\nname = \"default\"\nallowed_uids = [12345]\n";
     let server = Server::start_with_config(config, &[]);
@@ -687,6 +757,7 @@ fn status_as(server: &Server, uid: u32, gid: u32, groups: Option<u32>) -> std::p
 /// everyone else with a log line. The socket is made 0666 first, so that
 /// the broker's check decides, not the socket's mode.
 #[test]
+#[cfg_attr(not(all(vtestd_root, vtestd_mesa)), ignore = "needs root and Mesa")]
 fn the_admin_socket_admits_only_members_of_the_admin_group() {
     const ADMIN_GID: u32 = 64_310;
     const MEMBER: u32 = 64_311;
@@ -755,6 +826,10 @@ fn the_admin_socket_admits_only_members_of_the_admin_group() {
 /// new client nor keep `vtestd status` from answering once they are closed
 /// at their deadline.
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn silent_admin_connections_stall_neither_clients_nor_status() {
     let server = Server::start_with(common::server::ServerKind::Vtestd, &["--pool=2"]);
     let pool_ready = || eventually(10, || server.status()["listeners"][0]["pool_ready"] == 2);

@@ -73,6 +73,10 @@ fn busy_until_lost(mut t: Tenant) -> (u32, bool) {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(vtestd_root, vtestd_mesa, vtestd_clients)),
+    ignore = "needs root, Mesa and the Mesa clients"
+)]
 fn signals_to_other_workers_do_not_disturb_a_running_glmark2() {
     let seed = 0xfa17_0001u64;
     let mut rng = Rng::new(seed);
@@ -227,6 +231,10 @@ fn signals_to_other_workers_do_not_disturb_a_running_glmark2() {
 /// them up is stopped by `max_waits` (512 by default, under the worker's
 /// 1,024-fd limit), with the limit logged.
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn piling_up_sync_waits_stops_at_the_limit() {
     let mut a = Arena::new();
     let (held, ended) = pile_up_waits(&a, 2000);
@@ -270,7 +278,10 @@ const TEST_OPEN_FILES: &str = "256";
 /// sync releases the fds; piling up again ends that client (EMFILE), and
 /// the log names what ran out and the setting that bounds it.
 #[test]
-#[cfg_attr(not(feature = "test-hooks"), ignore = "needs --features test-hooks")]
+#[cfg_attr(
+    not(all(feature = "test-hooks", vtestd_mesa)),
+    ignore = "needs --features test-hooks and Mesa"
+)]
 fn fd_exhaustion_in_a_worker_ends_only_that_client() {
     let server = Server::start_with_env(
         ServerKind::Vtestd,
@@ -324,6 +335,10 @@ fn fd_exhaustion_in_a_worker_ends_only_that_client() {
 /// A configuration whose `max_waits` the worker's fd limit cannot hold is
 /// refused by `check-config` and by `serve`, with the numbers to fix it.
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn more_waits_than_worker_fds_is_refused() {
     let dir = common::server::unique_dir("waits-config");
     let path = dir.join("vtestd.toml");
@@ -360,6 +375,10 @@ fn more_waits_than_worker_fds_is_refused() {
 /// one of vtestd's own (the input buffer for a large request); each ends
 /// its client, saying so.
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn memory_limit_hit_in_a_worker_ends_only_that_client() {
     const LIMIT_MIB: u64 = 256;
     let config = format!("[server]\nworker_memory_mib = {LIMIT_MIB}\n");
@@ -486,6 +505,10 @@ fn fill_until_near(
 /// ended with `worker did not stop; killing` for each pool worker (found by
 /// `bench/soak.py`; fixed since by unblocking them in the worker).
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn an_idle_pool_does_not_delay_shutdown() {
     let mut server = Server::start_with(ServerKind::Vtestd, &["--pool=2"]);
     let broker = server.pid();
@@ -532,6 +555,10 @@ fn worker_processes(broker: u32) -> Vec<u32> {
 /// - a killed broker (SIGKILL, crash) takes its workers with it at once;
 /// - nothing of an old broker is left running.
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn broker_restart_under_socket_activation_loses_no_queued_client() {
     use common::activation::Activation;
     use nix::sys::signal::Signal::{SIGKILL, SIGTERM};
@@ -615,7 +642,10 @@ fn broker_restart_under_socket_activation_loses_no_queued_client() {
 /// keep the broker busy: past 64 messages in a second it is killed, the
 /// reason is logged, and everyone else is served as before.
 #[test]
-#[cfg_attr(not(feature = "test-hooks"), ignore = "needs --features test-hooks")]
+#[cfg_attr(
+    not(all(feature = "test-hooks", vtestd_mesa)),
+    ignore = "needs --features test-hooks and Mesa"
+)]
 fn a_worker_flooding_the_control_channel_is_killed() {
     let server = Server::start_with_env(
         ServerKind::Vtestd,
@@ -649,7 +679,10 @@ fn a_worker_flooding_the_control_channel_is_killed() {
 /// its stderr gets them relayed as its own lines, prefixed and escaped,
 /// never as lines of the broker.
 #[test]
-#[cfg_attr(not(feature = "test-hooks"), ignore = "needs --features test-hooks")]
+#[cfg_attr(
+    not(all(feature = "test-hooks", vtestd_mesa)),
+    ignore = "needs --features test-hooks and Mesa"
+)]
 fn a_worker_cannot_forge_broker_log_lines() {
     let server = Server::start_with_env(ServerKind::Vtestd, &[], &[("VTESTD_TEST_FORGE_LOG", "2")]);
     let mut a = Arena::with_server(server);

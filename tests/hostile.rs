@@ -1485,81 +1485,145 @@ fn fuzz_submit_cmd2(a: &mut Arena) -> Outcome {
 // The tests
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn garbage_before_the_handshake() {
     case("garbage before the handshake");
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn garbage_after_the_handshake() {
     case("garbage after the handshake");
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn huge_lengths() {
     case("header announcing a huge length, then disconnect");
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn unknown_and_out_of_order_command_ids() {
     case("unknown and out-of-order command ids");
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn second_create_renderer_and_hostile_names() {
     case("second CREATE_RENDERER; hostile names");
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn out_of_range_transfers_never_crash() {
     case("transfers with out-of-range boxes, levels, offsets, strides");
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn bogus_and_reused_handles_are_refused_or_fresh() {
     case("bogus and reused handles");
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn every_limit_is_enforced_and_logged() {
     case("resources and syncs up to each limit");
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn silent_connections_cost_no_worker_and_stop_at_the_cap() {
     case("connections that never send (up to the per-uid cap)");
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn one_byte_connections_cost_only_their_workers() {
     case("32 connections that send one byte, then nothing");
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn stalled_clients_do_not_block_others() {
     case("stalls mid-header and mid-payload");
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn a_flooding_client_that_never_reads_affects_no_one_else() {
     case("flood of PINGs, never reading");
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn disconnects_inside_commands_leave_nothing_behind() {
     case("disconnect inside every command and before reading fds");
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn received_memfds_cannot_be_resized() {
     case("truncating and growing a received memfd");
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn fuzzed_submit_cmd_affects_no_one_else() {
     case("random and mutated SUBMIT_CMD buffers");
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn fuzzed_submit_cmd2_affects_no_one_else() {
     case("random and mutated SUBMIT_CMD2 buffers");
 }
@@ -1584,6 +1648,10 @@ fn readme_table() {
 /// seccomp policy does not allow it, and the worker dies of SIGSYS
 /// (`seccomp violation: mremap`) while serving a legitimate client.
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn growing_pipelined_submits_do_not_kill_the_worker() {
     let a = Arena::new();
     let mut c = a.hs("big-submits", 2);
@@ -1617,6 +1685,10 @@ fn growing_pipelined_submits_do_not_kill_the_worker() {
 /// worker stops reading while its reply queue is over a bound (or ends the
 /// client with a logged limit), is not killed, and its RSS stays bounded.
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn a_client_that_never_reads_does_not_grow_its_worker() {
     let a = Arena::new();
     let c = a.hs("flood", 2);
@@ -1667,6 +1739,10 @@ fn a_client_that_never_reads_does_not_grow_its_worker() {
 
 /// Sanity check for the helpers: the tenant and its worker are found.
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn arena_sees_only_the_tenant_worker() {
     let a = Arena::new();
     assert_eq!(children(a.broker), vec![a.tenant_worker]);

@@ -54,16 +54,28 @@ fn crash_one_of_two(signal: Signal) {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn sigkill_of_a_worker_ends_only_its_client() {
     crash_one_of_two(Signal::SIGKILL);
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn sigsegv_of_a_worker_ends_only_its_client() {
     crash_one_of_two(Signal::SIGSEGV);
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn each_client_gets_its_own_worker_process_and_workers_exit() {
     let server = Server::start(ServerKind::Vtestd);
     let broker = server.pid();
@@ -84,6 +96,10 @@ fn each_client_gets_its_own_worker_process_and_workers_exit() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn sigterm_stops_accepting_lets_clients_finish_then_ends_workers() {
     let config = "[server]\nshutdown_grace_secs = 2\n";
     let mut server = Server::start_with_config(config, &[]);
@@ -112,6 +128,10 @@ fn sigterm_stops_accepting_lets_clients_finish_then_ends_workers() {
 /// child once could make the reaper stop itself) must not hold its slot:
 /// the broker sees the stop, kills the worker, and serves the next client.
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn a_stopped_worker_is_ended_and_frees_its_slot() {
     let server = Server::start_with_config("[server]\nmax_clients = 1\n", &[]);
     let broker = server.pid();

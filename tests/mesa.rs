@@ -20,6 +20,10 @@ use common::server::{Server, ServerKind};
 use common::xvfb::Xvfb;
 
 #[test]
+#[cfg_attr(
+    not(all(vtestd_root, vtestd_mesa, vtestd_clients)),
+    ignore = "needs root, Mesa and the Mesa clients"
+)]
 fn glxinfo_reports_virgl() {
     let xvfb = Xvfb::start();
     let server = Server::start(ServerKind::under_test());
@@ -68,6 +72,10 @@ fn glxinfo_reports_virgl() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(vtestd_root, vtestd_mesa, vtestd_clients)),
+    ignore = "needs root, Mesa and the Mesa clients"
+)]
 fn glmark2_short_run_scores() {
     let xvfb = Xvfb::start();
     let server = Server::start(ServerKind::under_test());
@@ -128,6 +136,10 @@ fn glmark2_short_run_scores() {
 /// read back with TRANSFER_GET2 + RESOURCE_BUSY_WAIT on the display target
 /// (`flush_frontbuffer`), a path the off-screen run never takes.
 #[test]
+#[cfg_attr(
+    not(all(vtestd_root, vtestd_mesa, vtestd_clients)),
+    ignore = "needs root, Mesa and the Mesa clients"
+)]
 fn glmark2_on_screen_window() {
     let xvfb = Xvfb::start();
     let server = Server::start(ServerKind::under_test());
@@ -161,6 +173,10 @@ fn glmark2_on_screen_window() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(vtestd_root, vtestd_mesa, vtestd_clients)),
+    ignore = "needs root, Mesa and the Mesa clients"
+)]
 fn piglit_sanity_matches_reference() {
     let limit = Duration::from_secs(240);
     let xvfb = Xvfb::start();
@@ -231,6 +247,10 @@ fn piglit_sanity_matches_reference() {
 /// reference, in one run. glmark2 (the scenes of `glmark2_short_run_scores`)
 /// scores through both, rendering virgl.
 #[test]
+#[cfg_attr(
+    not(all(vtestd_root, vtestd_mesa, vtestd_clients)),
+    ignore = "needs root, Mesa and the Mesa clients"
+)]
 fn debian13_guest_glmark2_through_vtestd_and_the_reference() {
     let Some(_) = common::guest::debian13_root() else {
         return;
@@ -288,6 +308,10 @@ fn debian13_guest_glmark2_through_vtestd_and_the_reference() {
 /// The same guest's piglit `sanity`: vtestd passes at least what this
 /// host's reference passes, in one run.
 #[test]
+#[cfg_attr(
+    not(all(vtestd_root, vtestd_mesa, vtestd_clients)),
+    ignore = "needs root, Mesa and the Mesa clients"
+)]
 fn debian13_guest_piglit_sanity_matches_reference() {
     let Some(_) = common::guest::debian13_root() else {
         return;

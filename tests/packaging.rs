@@ -149,6 +149,10 @@ fn is_shared_object(line: &str) -> bool {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_packaging_tools),
+    ignore = "needs the package builders and linters (packaging/install-tools.sh, lintian, rpmlint)"
+)]
 fn packages_build_with_their_files_dependencies_and_no_lint_errors() {
     let p = packages();
 
@@ -354,6 +358,10 @@ fn groups(root: &Path) -> Vec<(String, Vec<String>)> {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(vtestd_root, vtestd_mesa, vtestd_clients, vtestd_packaging_tools)),
+    ignore = "needs root, Mesa, the Mesa clients and the package builders"
+)]
 fn deb_installs_into_a_fresh_debian_root() {
     let p = packages();
     let dir = test_dir("deb-install");
@@ -509,6 +517,10 @@ fn deb_installs_into_a_fresh_debian_root() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(vtestd_root, vtestd_mesa, vtestd_clients, vtestd_packaging_tools)),
+    ignore = "needs root, Mesa, the Mesa clients and the package builders"
+)]
 fn rpm_scripts_run_in_a_root_without_systemd() {
     let p = packages();
     let dir = test_dir("rpm-install");
@@ -709,6 +721,10 @@ fn renderer(out: &ClientOutput) -> Option<String> {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(vtestd_root, vtestd_mesa, vtestd_clients, vtestd_packaging_tools)),
+    ignore = "needs root, Mesa, the Mesa clients and the package builders"
+)]
 fn socket_activation_serves_a_mesa_client_and_notifies() {
     let dir = unique_dir("activate");
     let _cleanup = RemoveOnDrop(dir.clone());
@@ -912,6 +928,10 @@ impl HostVtestd {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(vtestd_root, vtestd_mesa, vtestd_clients, vtestd_packaging_tools)),
+    ignore = "needs root, Mesa, the Mesa clients and the package builders"
+)]
 fn a_client_in_its_own_root_renders_through_the_bind_mounted_directory() {
     let client_root = rootfs::client_root();
     let dir = unique_dir("container");
@@ -1071,6 +1091,10 @@ const DOCKER_CAPS: &str = "-all,+chown,+dac_override,+fowner,+fsetid,+kill,+setg
 /// own in the directory (EROFS), nor reach the admin socket, which is not
 /// there; a client in it still renders through the socket.
 #[test]
+#[cfg_attr(
+    not(all(vtestd_root, vtestd_mesa, vtestd_clients, vtestd_packaging_tools)),
+    ignore = "needs root, Mesa, the Mesa clients and the package builders"
+)]
 fn a_container_given_the_cdi_mounts_cannot_replace_the_socket_and_renders() {
     let client_root = rootfs::client_root();
     let dir = unique_dir("cdi");
@@ -1282,6 +1306,10 @@ print("ok")
 "#;
 
 #[test]
+#[cfg_attr(
+    not(all(vtestd_root, vtestd_mesa, vtestd_clients, vtestd_packaging_tools)),
+    ignore = "needs root, Mesa, the Mesa clients and the package builders"
+)]
 fn systemd_units_verify_clean_and_meet_the_exposure_target() {
     // security --offline=yes: the score, and the threshold as exit status.
     let service = units_dir().join("vtestd.service");
@@ -1506,6 +1534,10 @@ fn checks(text: &str) -> std::collections::BTreeMap<String, String> {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(vtestd_root, vtestd_mesa, vtestd_clients, vtestd_packaging_tools)),
+    ignore = "needs root, Mesa, the Mesa clients and the package builders"
+)]
 fn the_packaged_service_runs_under_systemd_in_a_booted_container() {
     let p = packages();
     let cached = rootfs::systemd_root();

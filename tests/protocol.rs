@@ -211,6 +211,10 @@ fn assert_logged(server: &Server, text: &str) {
 // Handshakes and caps
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn handshake_v0_without_protocol_version() {
     let server = start();
     let mut c = client(&server);
@@ -231,6 +235,10 @@ fn handshake_v0_without_protocol_version() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn handshake_v2() {
     let server = start();
     let mut c = client(&server);
@@ -239,6 +247,10 @@ fn handshake_v2() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn handshake_v3() {
     let server = start();
     let mut c = client(&server);
@@ -247,6 +259,10 @@ fn handshake_v3() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn handshake_v99_is_clamped() {
     let server = start();
     let mut c = client(&server);
@@ -259,6 +275,10 @@ fn handshake_v99_is_clamped() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn handshake_v1_maps_to_0() {
     let server = start();
     let mut c = client(&server);
@@ -266,6 +286,10 @@ fn handshake_v1_maps_to_0() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn renegotiation_v3_then_v2_as_mesa_25_does() {
     // Mesa 25 virpipe asks for 3, reads the caps and, because the host's
     // host_feature_check_version is below 23, sends PING + the BUSY_WAIT probe
@@ -293,6 +317,10 @@ fn renegotiation_v3_then_v2_as_mesa_25_does() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn strict_renegotiation_after_objects_closes() {
     let server = start();
     if skip_on_reference(&server, "fix the version once objects exist") {
@@ -331,6 +359,10 @@ fn strict_renegotiation_after_objects_closes() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn handshake_byte_by_byte() {
     // The server must not assume a command arrives in one read.
     let server = start();
@@ -354,6 +386,10 @@ fn handshake_byte_by_byte() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn pipelined_burst_is_answered_in_order() {
     let server = start();
     let mut c = client(&server);
@@ -391,6 +427,10 @@ fn caps_v2_size() -> usize {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn caps2_then_caps_pipelined() {
     let server = start();
     let mut c = connect_v(&server, 2);
@@ -412,6 +452,10 @@ fn caps2_then_caps_pipelined() {
 // Resources with shared memory
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn resource_create2_v2_returns_memfd() {
     let server = start();
     let mut c = connect_v(&server, 2);
@@ -433,6 +477,10 @@ fn resource_create2_v2_returns_memfd() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn resource_create2_v3_returns_id_then_fd() {
     let server = start();
     let mut c = connect_v(&server, 3);
@@ -454,6 +502,10 @@ fn resource_create2_v3_returns_id_then_fd() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn resource_create_v3_returns_id() {
     let server = start();
     let mut c = connect_v(&server, 3);
@@ -464,6 +516,10 @@ fn resource_create_v3_returns_id() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn transfer2_round_trip_texture() {
     let server = start();
     let mut c = connect_v(&server, 2);
@@ -495,6 +551,10 @@ fn transfer2_round_trip_texture() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn transfer2_round_trip_buffer_subrange_v3() {
     let server = start();
     let mut c = connect_v(&server, 3);
@@ -541,6 +601,10 @@ fn transfer2_round_trip_buffer_subrange_v3() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn unknown_unref_is_ignored() {
     let server = start();
     let mut c = connect_v(&server, 2);
@@ -560,6 +624,10 @@ fn unknown_unref_is_ignored() {
 // Version 0 data path (pixels through the socket)
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn transfer_v0_inline_round_trip() {
     let server = start();
     let mut c = client(&server);
@@ -585,6 +653,10 @@ fn transfer_v0_inline_round_trip() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn transfer_v0_odd_size_keeps_framing() {
     let server = start();
     let mut c = client(&server);
@@ -622,6 +694,10 @@ fn transfer_v0_odd_size_keeps_framing() {
 // Command streams and busy-wait
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn submit_cmd_then_busy_wait() {
     let server = start();
     let mut c = connect_v(&server, 2);
@@ -652,6 +728,10 @@ fn submit_cmd_then_busy_wait() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn submit_cmd_large_stream() {
     let server = start();
     let mut c = connect_v(&server, 2);
@@ -665,6 +745,10 @@ fn submit_cmd_large_stream() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn submit_cmd_inline_write_reaches_resource() {
     // A non-empty, effectful command stream: VIRGL_CCMD_RESOURCE_INLINE_WRITE
     // into a GL buffer, read back with TRANSFER_GET2.
@@ -702,6 +786,10 @@ fn submit_cmd_inline_write_reaches_resource() {
 // Version 3
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn v3_get_param() {
     let server = start();
     let mut c = connect_v(&server, 3);
@@ -714,6 +802,10 @@ fn v3_get_param() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn v3_get_capset() {
     let server = start();
     let mut c = connect_v(&server, 3);
@@ -755,6 +847,10 @@ fn v3_get_capset() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn v3_context_init_and_guest_blob() {
     let server = start();
     let mut c = connect_v(&server, 3);
@@ -780,6 +876,10 @@ fn v3_context_init_and_guest_blob() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn v3_blob_as_virpipe_makes_it() {
     // Mesa 25 virpipe makes persistent or coherent buffers as blobs when the
     // caps advertise buffer storage: VIRGL_CCMD_PIPE_RESOURCE_CREATE with a
@@ -844,6 +944,10 @@ fn v3_blob_as_virpipe_makes_it() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn v3_host3d_guest_blob_has_shm_and_host_storage() {
     // A host buffer (picked up by its blob id) with guest memory: the client
     // gets a memfd, the host keeps the buffer. virglrenderer 0.10.4 does not
@@ -901,6 +1005,10 @@ fn v3_host3d_guest_blob_has_shm_and_host_storage() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn v3_sync_create_read_write() {
     let server = start();
     let mut c = connect_v(&server, 3);
@@ -925,6 +1033,10 @@ fn v3_sync_create_read_write() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn v3_sync_wait_reached_is_readable() {
     let server = start();
     let mut c = connect_v(&server, 3);
@@ -942,6 +1054,10 @@ fn v3_sync_wait_reached_is_readable() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn v3_sync_wait_pending_then_signalled() {
     let server = start();
     let mut c = connect_v(&server, 3);
@@ -958,6 +1074,10 @@ fn v3_sync_wait_pending_then_signalled() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn v3_sync_wait_all_and_any() {
     let server = start();
     let mut c = connect_v(&server, 3);
@@ -974,6 +1094,10 @@ fn v3_sync_wait_all_and_any() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn v3_sync_wait_timeout_zero_is_a_poll() {
     let server = start();
     let mut c = connect_v(&server, 3);
@@ -987,6 +1111,10 @@ fn v3_sync_wait_timeout_zero_is_a_poll() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn v3_submit_cmd2_signals_sync() {
     let server = start();
     let mut c = connect_v(&server, 3);
@@ -1011,6 +1139,10 @@ fn v3_submit_cmd2_signals_sync() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn v3_submit_cmd2_ring_fence_signals_sync() {
     let server = start();
     let mut c = connect_v(&server, 3);
@@ -1032,6 +1164,10 @@ fn v3_submit_cmd2_ring_fence_signals_sync() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn v3_submit_cmd2_two_batches_stride_8() {
     let server = start();
     let mut c = connect_v(&server, 3);
@@ -1092,6 +1228,10 @@ fn submit_cmd2_two_batches(c: &mut Client, stride: u32) {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn v3_submit_cmd2_two_batches_with_ring_stride_8() {
     let server = start();
     let mut c = connect_v(&server, 3);
@@ -1100,6 +1240,10 @@ fn v3_submit_cmd2_two_batches_with_ring_stride_8() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn lenient_submit_cmd2_two_batches_stride_6() {
     // Mesa 25.0's venus and vpipe write 6-dword batch headers; vtestd infers
     // the stride from the first batch's cmd_offset (PROTOCOL.md §2.24).
@@ -1145,6 +1289,10 @@ fn lenient_submit_cmd2_two_batches_stride_6() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn v3_submit_cmd2_zero_batches_is_a_noop() {
     let server = start();
     let mut c = connect_v(&server, 3);
@@ -1529,6 +1677,10 @@ fn closed_silently(c: &mut Client) -> Result<(), String> {
 /// server: each connection is closed, and after each the server still serves a
 /// fresh client. All failures are reported together.
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn malformed_requests_close_only_their_connection() {
     let server = start();
     let mut failures = Vec::new();
@@ -1556,6 +1708,10 @@ fn malformed_requests_close_only_their_connection() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn client_disconnects_mid_command() {
     let server = start();
     // Header promising 100 dwords, 10 sent, then EOF.
@@ -1593,6 +1749,10 @@ fn client_disconnects_mid_command() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn concurrent_clients_are_independent() {
     let server = start();
     let mut a = connect_v(&server, 2);
@@ -1637,6 +1797,10 @@ fn concurrent_clients_are_independent() {
 // Shared-memory robustness
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn shrunk_shm_does_not_kill_the_server() {
     // The reference (unsealed memfd) takes SIGBUS in its per-client child here;
     // vtestd should refuse the ftruncate (sealed). Either way new clients work.
@@ -1666,6 +1830,10 @@ fn shrunk_shm_does_not_kill_the_server() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn strict_resource_memfd_is_sealed() {
     let server = start();
     if skip_on_reference(&server, "seal its memfds") {
@@ -1691,6 +1859,10 @@ fn strict_resource_memfd_is_sealed() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn strict_blob_memfd_is_sealed() {
     let server = start();
     if skip_on_reference(&server, "seal its memfds") {
@@ -1712,6 +1884,10 @@ fn strict_blob_memfd_is_sealed() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn busy_wait_alongside_another_client() {
     // BUSY_WAIT(WAIT) answers for its own client while another client is active
     // (PROTOCOL.md §7.7; the reference forks per client, so this holds there too).
@@ -1734,6 +1910,10 @@ fn busy_wait_alongside_another_client() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn transfer_get_out_of_bounds_leaks_nothing() {
     // The reference sends its malloc buffer even when the read fails (PROTOCOL.md
     // §2.4, a potential heap leak). Acceptable: close the connection, or send
@@ -1778,6 +1958,10 @@ fn transfer_get_out_of_bounds_leaks_nothing() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn thousands_of_live_resources_do_not_exhaust_worker_fds() {
     // glmark2's bump scene keeps more than 1024 resources alive; each one's
     // memfd goes to the client and must not stay open in the worker (whose

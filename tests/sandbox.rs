@@ -44,6 +44,10 @@ fn connected(server: &Server) -> (Client, u32) {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn a_serving_worker_is_confined() {
     let server = Server::start(ServerKind::Vtestd);
     let (_client, reaper) = connected(&server);
@@ -92,6 +96,10 @@ fn a_serving_worker_is_confined() {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn sandbox_off_is_loud_and_unconfined() {
     let server = Server::start_with(ServerKind::Vtestd, &["--sandbox=off"]);
     let (_client, worker) = connected(&server);
@@ -104,6 +112,10 @@ fn sandbox_off_is_loud_and_unconfined() {
 /// worker's RLIMIT_FSIZE bounds its memfds at the listener's largest
 /// resource (`max_resource_mib` + 1 MiB).
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn workers_get_no_shared_cache_directory_and_bounded_files() {
     let cache = common::server::unique_dir("broker-cache");
     let config = "[limits.default]\nmax_resource_mib = 64\n";
@@ -146,7 +158,10 @@ fn workers_get_no_shared_cache_directory_and_bounded_files() {
 }
 
 #[test]
-#[cfg_attr(not(feature = "test-hooks"), ignore = "needs --features test-hooks")]
+#[cfg_attr(
+    not(all(feature = "test-hooks", vtestd_mesa)),
+    ignore = "needs --features test-hooks and Mesa"
+)]
 fn a_seccomp_violation_is_reported_by_name() {
     let mut server = Server::start_with_env(
         ServerKind::Vtestd,
@@ -174,6 +189,10 @@ fn a_seccomp_violation_is_reported_by_name() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(vtestd_root, vtestd_mesa, vtestd_clients)),
+    ignore = "needs root, Mesa and the Mesa clients"
+)]
 fn piglit_passes_as_well_confined_as_not() {
     let xvfb = Xvfb::start();
     let limit = Duration::from_secs(240);
@@ -193,6 +212,10 @@ fn piglit_passes_as_well_confined_as_not() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(vtestd_root, vtestd_mesa, vtestd_clients)),
+    ignore = "needs root, Mesa and the Mesa clients"
+)]
 fn glmark2_runs_as_well_confined_as_not() {
     use common::mesa::{glmark2_score, mesa_command, run_client, work_dir};
     let xvfb = Xvfb::start();
@@ -280,6 +303,7 @@ impl Drop for Chrooted {
 /// namespace and the root is no mount point, so by default vtestd refuses
 /// to serve, naming the layers.
 #[test]
+#[cfg_attr(not(all(vtestd_root, vtestd_mesa)), ignore = "needs root and Mesa")]
 fn a_host_without_required_layers_is_refused_at_start() {
     let mut server = Chrooted::start("");
     let exited = eventually(30, || matches!(server.child.try_wait(), Ok(Some(_))));
@@ -296,6 +320,7 @@ fn a_host_without_required_layers_is_refused_at_start() {
 /// With the layers named in `sandbox_allow_missing` (here the flag), the
 /// same host is served with the layers it can have, and says which it lacks.
 #[test]
+#[cfg_attr(not(all(vtestd_root, vtestd_mesa)), ignore = "needs root and Mesa")]
 fn a_worker_under_plain_chroot_serves_with_the_layers_it_can_have() {
     let server = Chrooted::start("--sandbox-allow-missing=user-namespace,mount-namespace");
     assert!(
@@ -329,6 +354,7 @@ fn a_worker_under_plain_chroot_serves_with_the_layers_it_can_have() {
 /// forbids once serving: the worker notices and serves with the llvmpipe
 /// profile instead of dying at the client's first shader.
 #[test]
+#[cfg_attr(not(all(vtestd_root, vtestd_mesa)), ignore = "needs root and Mesa")]
 fn a_render_node_without_a_hardware_renderer_is_served_with_the_llvmpipe_profile() {
     let xvfb = Xvfb::start();
     let server = Server::start_with(ServerKind::Vtestd, &["--rendernode=/dev/null"]);
@@ -358,6 +384,7 @@ fn short_glmark2_scores(server: &Server, xvfb: &Xvfb, what: &str) {
 /// through its fds once serving (flock, a lower-priority writer thread),
 /// with no file opened in steady state and no SIGSYS.
 #[test]
+#[cfg_attr(not(all(vtestd_root, vtestd_mesa)), ignore = "needs root and Mesa")]
 fn the_shader_cache_works_under_the_production_sandbox() {
     let xvfb = Xvfb::start();
     let cache = common::mesa::work_dir("shader-cache");

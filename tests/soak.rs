@@ -46,6 +46,10 @@ fn settle(broker: u32) {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn sequential_then_concurrent_clients_leave_the_broker_as_it_was() {
     let server = Server::start(ServerKind::Vtestd);
     let broker = server.pid();
@@ -156,6 +160,10 @@ fn sequential_then_concurrent_clients_leave_the_broker_as_it_was() {
 /// once; Mesa aborts ("lost connection to rendering server").
 /// Here with `hang_timeout_secs = 2` to keep it short.
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn the_first_clients_after_an_idle_period_are_not_killed_by_the_watchdog() {
     let server = Server::start_with_config("[server]\nhang_timeout_secs = 2\n", &["--pool=2"]);
     assert!(
@@ -207,6 +215,10 @@ fn steady_syscalls() -> Vec<String> {
 ///   its replies, make the worker's buffers grow that way
 ///   (`hostile::bug_growing_pipelined_submits_kill_the_worker`).
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn steady_seccomp_policy_allows_sched_yield_and_mremap() {
     let steady = steady_syscalls();
     let missing: Vec<&str> = ["sched_yield", "mremap"]

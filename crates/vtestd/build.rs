@@ -6,7 +6,9 @@
 //! - `vtestd_mesa`: Mesa's EGL and its llvmpipe driver, which every real worker
 //!   renders with;
 //! - `vtestd_clients`: the Mesa clients and X server the end-to-end suites run
-//!   (glxinfo, glmark2, piglit, Xvfb) and the reference `virgl_test_server`.
+//!   (glxinfo, glmark2, piglit, Xvfb) and the reference `virgl_test_server`;
+//! - `vtestd_packaging_tools`: cargo-deb, cargo-generate-rpm, the linters and
+//!   debootstrap (tests/packaging.rs).
 //!
 //! `cargo test` as a normal user on a machine without Mesa then runs every
 //! unit and null-backend test and lists the system suites as ignored with the
@@ -22,7 +24,12 @@ const LIB_DIRS: &[&str] = &[
 ];
 
 fn main() {
-    for cfg in ["vtestd_root", "vtestd_mesa", "vtestd_clients"] {
+    for cfg in [
+        "vtestd_root",
+        "vtestd_mesa",
+        "vtestd_clients",
+        "vtestd_packaging_tools",
+    ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
     }
     println!("cargo::rerun-if-changed=build.rs");
@@ -59,6 +66,20 @@ fn main() {
         for p in absent {
             println!("cargo::rerun-if-changed=/usr/bin/{p}");
         }
+    }
+
+    let tools = [
+        "cargo-deb",
+        "cargo-generate-rpm",
+        "lintian",
+        "rpmlint",
+        "dpkg-deb",
+        "debootstrap",
+    ];
+    if tools.iter().all(|t| find_program(t).is_some()) {
+        println!("cargo::rustc-cfg=vtestd_packaging_tools");
+    } else {
+        missing.push("the package builders and linters (packaging/install-tools.sh)");
     }
 
     if !missing.is_empty() {
