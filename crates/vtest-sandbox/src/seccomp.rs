@@ -69,12 +69,10 @@ pub fn allowed_syscalls(profile: Profile, phase: Phase) -> &'static [&'static st
     }
 }
 
-/// The name of syscall number `nr` on this architecture, if it is one we know.
+/// The name of syscall number `nr` on this architecture, if it is one.
 pub fn syscall_name(nr: i64) -> Option<&'static str> {
-    SYSCALL_NAMES
-        .iter()
-        .find(|(n, _)| i64::from(*n) == nr)
-        .map(|(_, name)| *name)
+    let sysno = usize::try_from(nr).ok().and_then(syscalls::Sysno::new)?;
+    Some(sysno.name())
 }
 
 /// Where the SIGSYS handler reports (-1: nowhere).
