@@ -343,7 +343,7 @@ impl Broker {
             terminated_at: None,
             settings,
         };
-        for (fd, name) in vtest_sandbox::inherited::listen_fds() {
+        for (fd, name) in crate::activation::listen_fds() {
             match Listener::adopt(fd) {
                 Ok(l) => {
                     info!(socket = %l.path().display(), name = name.as_deref().unwrap_or("-"),

@@ -22,7 +22,6 @@
 
 mod error;
 pub mod fds;
-pub mod inherited;
 mod landlock;
 mod namespaces;
 mod pid;
