@@ -1,6 +1,5 @@
 //! Compiles the seccomp policies in `policies/seccomp/` into BPF at build time,
-//! so that a broken policy breaks the build, and embeds a syscall-name table
-//! for reporting violations by name.
+//! so that a broken policy breaks the build.
 //!
 //! Policy files: `common.json` plus one file per profile (`llvmpipe.json`,
 //! `gpu.json`), each `{"init": [rules], "steady": [rules]}` where a rule is a
@@ -62,10 +61,6 @@ fn main() {
     let common_path = dir.join("common.json");
     let common = read(&common_path);
     let families = families(&read(&dir.join("families.json")));
-    let known: BTreeSet<String> = syscall_table(&arch_name)
-        .into_iter()
-        .map(|(_, name)| name)
-        .collect();
     let mut out = String::new();
     for profile in ["llvmpipe", "gpu"] {
         let path = dir.join(format!("{profile}.json"));
@@ -74,7 +69,7 @@ fn main() {
         for phase in ["init", "steady"] {
             let mut list = rules(&common, phase, &common_path).clone();
             list.extend(rules(&extra, phase, &path).iter().cloned());
-            expand_families(&mut list, &families, &known, profile);
+            expand_families(&mut list, &families, arch, profile);
             let allowed = names(&list);
             if phase == "init" {
                 init_names = allowed.clone();
@@ -112,11 +107,6 @@ fn main() {
             .unwrap_or_else(|e| panic!("{file}: {e}"));
         emit_program(&mut out, konst, &compiled["f"]);
     }
-    write!(out, "const SYSCALL_NAMES: &[(u32, &str)] = &[").unwrap();
-    for (nr, name) in syscall_table(&arch_name) {
-        write!(out, "({nr}, {name:?}),").unwrap();
-    }
-    writeln!(out, "];").unwrap();
     let dest = PathBuf::from(env::var("OUT_DIR").unwrap()).join("policies.rs");
     fs::write(dest, out).unwrap();
 }
@@ -137,14 +127,14 @@ fn families(file: &Value) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// Adds every member of a family (that this architecture has) wherever a
-/// rule allows one member without argument filters. A family member named
+/// Adds every member of a family (that the target architecture has) wherever
+/// a rule allows one member without argument filters. A family member named
 /// with argument filters is refused: members place their arguments
 /// differently (`open`'s path is `openat`'s second argument).
 fn expand_families(
     list: &mut Vec<Value>,
     families: &[Vec<String>],
-    known: &BTreeSet<String>,
+    arch: TargetArch,
     profile: &str,
 ) {
     let (filtered, unfiltered): (Vec<&Value>, Vec<&Value>) =
@@ -159,9 +149,7 @@ fn expand_families(
             continue;
         }
         for member in family {
-            // Without a name table (no uapi header) only the names written.
-            let on_this_arch = known.contains(member);
-            if on_this_arch && !all.contains(member) {
+            if !all.contains(member) && on_arch(member, arch) {
                 list.push(json!({ "syscall": member, "comment": "same operation as its family" }));
             }
         }
@@ -193,39 +181,17 @@ fn emit_program(out: &mut String, name: &str, program: &[seccompiler::sock_filte
     writeln!(out, "];").unwrap();
 }
 
-/// `(number, name)` from the kernel's uapi header, for naming violations.
-fn syscall_table(arch: &str) -> Vec<(u32, String)> {
-    let candidates: &[&str] = match arch {
-        "x86_64" => &[
-            "/usr/include/x86_64-linux-gnu/asm/unistd_64.h",
-            "/usr/include/asm/unistd_64.h",
-        ],
-        "aarch64" => &[
-            "/usr/include/aarch64-linux-gnu/asm/unistd.h",
-            "/usr/include/asm-generic/unistd.h",
-        ],
-        _ => &[],
-    };
-    for path in candidates {
-        let Ok(text) = fs::read_to_string(path) else {
-            continue;
-        };
-        println!("cargo:rerun-if-changed={path}");
-        let mut table = Vec::new();
-        for line in text.lines() {
-            let mut words = line.split_whitespace();
-            if words.next() != Some("#define") {
-                continue;
-            }
-            let (Some(name), Some(nr)) = (words.next(), words.next()) else {
-                continue;
-            };
-            if let (Some(name), Ok(nr)) = (name.strip_prefix("__NR_"), nr.parse::<u32>()) {
-                table.push((nr, name.to_string()));
-            }
+/// Whether seccompiler knows system call `name` on `arch` (the target's,
+/// never the host's): policies are in its spelling, which a system call
+/// table crate need not share (the `syscalls` crate calls aarch64's
+/// `newfstatat` `fstatat`), so it is asked directly.
+fn on_arch(name: &str, arch: TargetArch) -> bool {
+    let probe = json!({
+        "probe": {
+            "mismatch_action": "trap",
+            "match_action": "allow",
+            "filter": [{ "syscall": name }],
         }
-        return table;
-    }
-    println!("cargo:warning=no syscall name table found; violations are reported by number");
-    Vec::new()
+    });
+    seccompiler::compile_from_json(probe.to_string().as_bytes(), arch).is_ok()
 }

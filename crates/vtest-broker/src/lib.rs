@@ -10,6 +10,7 @@
 //! control channels.
 #![forbid(unsafe_code)]
 
+mod activation;
 pub mod admin;
 mod broker;
 mod cgroup;

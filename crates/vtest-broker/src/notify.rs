@@ -1,10 +1,16 @@
 //! systemd's notification protocol (`sd_notify`): READY, STATUS, WATCHDOG,
 //! STOPPING over the datagram socket named by `NOTIFY_SOCKET`.
+//!
+//! `sd-notify` reads the watchdog settings and spells the watchdog ping.
+//! The socket is ours: `sd_notify::notify` sends blocking, takes no
+//! abstract (`@`) address and reads `NOTIFY_SOCKET` at every call, which
+//! would have to stay in the environment that workers are started from.
 
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::{Duration, Instant};
 
+use sd_notify::NotifyState;
 use tracing::debug;
 
 pub(crate) struct Notifier {
@@ -19,12 +25,8 @@ impl Notifier {
     /// From the environment, which it then clears (no child inherits it).
     pub(crate) fn from_env() -> Option<Notifier> {
         let path = std::env::var_os("NOTIFY_SOCKET");
-        let watchdog_usec = std::env::var("WATCHDOG_USEC")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok());
-        let watchdog_pid = std::env::var("WATCHDOG_PID")
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok());
+        // WATCHDOG_USEC, unless WATCHDOG_PID names another process.
+        let watchdog = sd_notify::watchdog_enabled();
         for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
             std::env::remove_var(var);
         }
@@ -37,10 +39,7 @@ impl Notifier {
         let socket = UnixDatagram::unbound().ok()?;
         // systemd always reads, but a stuck reader must never block the broker.
         socket.set_nonblocking(true).ok()?;
-        let ours = watchdog_pid.is_none_or(|p| p == std::process::id());
-        let watchdog = watchdog_usec
-            .filter(|_| ours)
-            .map(|usec| Duration::from_micros(usec / 2).max(Duration::from_millis(100)));
+        let watchdog = watchdog.map(|period| (period / 2).max(Duration::from_millis(100)));
         Some(Notifier {
             socket,
             addr,
@@ -64,7 +63,7 @@ impl Notifier {
     pub(crate) fn ping_if_due(&mut self) {
         if let Some(every) = self.watchdog {
             if self.last_ping.elapsed() >= every {
-                self.send("WATCHDOG=1");
+                self.send(&NotifyState::Watchdog.to_string());
                 self.last_ping = Instant::now();
             }
         }

@@ -7,9 +7,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ControlError;
+use crate::messages::WorkerMsg;
 
 /// Version of the control protocol; both ends of a channel must agree.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: `SeccompViolation`'s syscall number is 8 little-endian bytes, no
+/// longer a varint.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest packet payload, in bytes.
 pub const MAX_MESSAGE: usize = 4096;
@@ -59,10 +62,32 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ControlError> {
     Ok(msg)
 }
 
+/// The packet of [`WorkerMsg::SeccompViolation`], made in advance for a
+/// SIGSYS handler (which may neither allocate nor run serde): the packet of
+/// syscall 0 and where in it the syscall number's 8 little-endian bytes go.
+/// Any number written there gives that number's packet.
+pub fn seccomp_violation_template() -> (Vec<u8>, usize) {
+    let packet = encode(&WorkerMsg::SeccompViolation { syscall: 0 })
+        .expect("a fixed-size message always encodes");
+    let syscall_at = packet.len() - std::mem::size_of::<i64>();
+    (packet, syscall_at)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::messages::{BrokerMsg, ExitReason, SessionStats, WorkerMsg};
+
+    proptest::proptest! {
+        #[test]
+        fn violation_template_gives_every_number_its_packet(syscall: i64) {
+            let (mut packet, at) = seccomp_violation_template();
+            packet[at..at + 8].copy_from_slice(&syscall.to_le_bytes());
+            let msg = WorkerMsg::SeccompViolation { syscall };
+            proptest::prop_assert_eq!(&packet, &encode(&msg).unwrap());
+            proptest::prop_assert_eq!(decode::<WorkerMsg>(&packet).unwrap(), msg);
+        }
+    }
 
     #[test]
     fn decode_reads_what_an_envelope_serialises_to() {

@@ -5,7 +5,8 @@
 //! alongside via `SCM_RIGHTS` (received close-on-exec).
 //!
 //! - [`messages`]: what is said ([`BrokerMsg`], [`WorkerMsg`]); no I/O.
-//! - [`codec`]: how a message becomes a packet ([`Envelope`], version check).
+//! - [`codec`]: how a message becomes a packet ([`Envelope`], version check,
+//!   the SIGSYS handler's packet made in advance).
 //! - [`channel`]: the socket ([`Channel`]).
 
 #![forbid(unsafe_code)]

@@ -63,8 +63,13 @@ pub enum WorkerMsg {
         stats: SessionStats,
         reason: ExitReason,
     },
-    /// Sent from the SIGSYS handler before the worker dies.
-    SeccompViolation { syscall: i64 },
+    /// Sent from the SIGSYS handler before the worker dies. The number is
+    /// fixed-width on the wire, so that the handler can send a packet made
+    /// in advance ([`crate::codec::seccomp_violation_template`]).
+    SeccompViolation {
+        #[serde(with = "postcard::fixint::le")]
+        syscall: i64,
+    },
 }
 
 /// Counters of one client session, cumulative since attach.

@@ -38,4 +38,6 @@ pub enum SandboxError {
         #[source]
         source: nix::Error,
     },
+    #[error("a violation record of {len} bytes with the syscall number at {syscall_at} (at most {max} bytes, the number's 8 inside)", max = crate::violation::MAX_RECORD)]
+    ViolationRecord { len: usize, syscall_at: usize },
 }

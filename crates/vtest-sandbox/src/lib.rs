@@ -12,7 +12,8 @@
 //!    nodes, no TCP, no signals or abstract sockets outside the sandbox;
 //! 5. all capabilities dropped (bounding set too), no_new_privs;
 //! 6. seccomp allowlists from `policies/seccomp/`, an init phase before the
-//!    renderer starts and a tighter steady phase after (TSYNC).
+//!    renderer starts and a tighter steady phase after (TSYNC); a trapped
+//!    call is reported in the caller's record ([`ViolationReport`]).
 //!
 //! Order matters: Landlock and capabilities apply to the calling thread only
 //! and Mesa starts threads during EGL initialisation, so [`confine`] runs
@@ -21,7 +22,6 @@
 
 mod error;
 pub mod fds;
-pub mod inherited;
 mod landlock;
 mod namespaces;
 mod pid;
@@ -29,6 +29,7 @@ mod privileges;
 pub mod rlimits;
 pub mod seccomp;
 pub mod signals;
+pub mod violation;
 
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -37,6 +38,7 @@ pub use error::SandboxError;
 pub use namespaces::RootFs;
 pub use rlimits::Rlimits;
 pub use seccomp::{Phase, Profile};
+pub use violation::ViolationReport;
 
 /// A confinement layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,10 +105,10 @@ pub struct SandboxConfig {
     pub root: RootFs,
     pub rlimits: Rlimits,
     pub profile: Profile,
-    /// The control socket, for the SIGSYS handler's report.
-    pub report_fd: Option<RawFd>,
-    /// Descriptors the worker holds beyond stdin, stdout, stderr and
-    /// `report_fd`. [`confine`] closes every other one first.
+    /// What the SIGSYS handler sends, and where.
+    pub report: Option<ViolationReport>,
+    /// Descriptors the worker holds beyond stdin, stdout, stderr and the
+    /// report's. [`confine`] closes every other one first.
     pub keep_fds: Vec<RawFd>,
 }
 
@@ -134,7 +136,7 @@ impl SandboxConfig {
     pub fn for_worker(
         render_node: Option<PathBuf>,
         shader_cache: Option<PathBuf>,
-        report_fd: Option<RawFd>,
+        report: Option<ViolationReport>,
     ) -> SandboxConfig {
         let devices = match render_node {
             Some(node) => vec![node],
@@ -180,7 +182,7 @@ impl SandboxConfig {
             },
             rlimits: Rlimits::default(),
             profile,
-            report_fd,
+            report,
             keep_fds: Vec::new(),
         }
     }
@@ -192,10 +194,10 @@ impl SandboxConfig {
 pub fn confine(config: &SandboxConfig) -> Result<Vec<(Layer, Outcome)>, SandboxError> {
     let mut report = Vec::new();
     let keep: Vec<RawFd> = config
-        .report_fd
+        .report
         .iter()
-        .chain(&config.keep_fds)
-        .copied()
+        .map(ViolationReport::fd)
+        .chain(config.keep_fds.iter().copied())
         .collect();
     fds::close_unexpected_fds(&keep)?;
     signals::die_on_fault_signals().map_err(SandboxError::SignalHandler)?;
@@ -205,7 +207,7 @@ pub fn confine(config: &SandboxConfig) -> Result<Vec<(Layer, Outcome)>, SandboxE
     landlock::restrict(&config.root, &mut report)?;
     privileges::drop_all()?;
     report.push((Layer::Capabilities, Outcome::Applied));
-    seccomp::install_violation_reporter(config.report_fd)?;
+    violation::install_reporter(config.report.as_ref())?;
     seccomp::install(config.profile, Phase::Init)?;
     report.push((Layer::Seccomp, Outcome::Applied));
     Ok(report)

@@ -10,12 +10,8 @@
 //! (EACCES); and `no-tgkill` (SIGSYS), where the worker is not PID 1 of its
 //! own namespace.
 //!
-//! A call outside the list traps (SIGSYS). The handler reports the syscall
-//! number to the broker over the control channel and the process then dies
-//! of SIGSYS: never only the offending thread.
-
-use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicI32, Ordering};
+//! A call outside the list traps (SIGSYS): [`crate::violation`] reports it
+//! and the process dies.
 
 use seccompiler::sock_filter;
 
@@ -69,31 +65,10 @@ pub fn allowed_syscalls(profile: Profile, phase: Phase) -> &'static [&'static st
     }
 }
 
-/// The name of syscall number `nr` on this architecture, if it is one we know.
+/// The name of syscall number `nr` on this architecture, if it is one.
 pub fn syscall_name(nr: i64) -> Option<&'static str> {
-    SYSCALL_NAMES
-        .iter()
-        .find(|(n, _)| i64::from(*n) == nr)
-        .map(|(_, name)| *name)
-}
-
-/// Where the SIGSYS handler reports (-1: nowhere).
-static REPORT_FD: AtomicI32 = AtomicI32::new(-1);
-
-/// Installs the SIGSYS handler that reports to `report_fd` (a SOCK_SEQPACKET
-/// control socket) before the process dies.
-pub fn install_violation_reporter(report_fd: Option<RawFd>) -> Result<(), SandboxError> {
-    REPORT_FD.store(report_fd.unwrap_or(-1), Ordering::SeqCst);
-    let action = nix::sys::signal::SigAction::new(
-        nix::sys::signal::SigHandler::SigAction(on_sigsys),
-        nix::sys::signal::SaFlags::SA_SIGINFO,
-        nix::sys::signal::SigSet::empty(),
-    );
-    // SAFETY: `on_sigsys` only makes async-signal-safe calls (send,
-    // sigaction, raise through tgkill) on data it owns on its stack.
-    unsafe { nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGSYS, &action) }
-        .map_err(SandboxError::SignalHandler)?;
-    Ok(())
+    let sysno = usize::try_from(nr).ok().and_then(syscalls::Sysno::new)?;
+    Some(sysno.name())
 }
 
 /// Installs a filter phase: `Init` on the calling thread (the only one
@@ -120,65 +95,9 @@ pub fn install(profile: Profile, phase: Phase) -> Result<(), SandboxError> {
     }
 }
 
-/// Offset of `si_syscall` in `siginfo_t` for SIGSYS on 64-bit Linux:
-/// signo, errno, code (3 × i32) + padding, then `void *call_addr`.
-const SI_SYSCALL_OFFSET: usize = 24;
-
-extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // SAFETY: the kernel passes a valid siginfo_t for SA_SIGINFO handlers;
-    // for SIGSYS the si_syscall int lives at this offset.
-    let nr = unsafe {
-        info.cast::<u8>()
-            .add(SI_SYSCALL_OFFSET)
-            .cast::<i32>()
-            .read_unaligned()
-    };
-    let fd = REPORT_FD.load(Ordering::SeqCst);
-    if fd >= 0 {
-        let mut buf = [0u8; 32];
-        let len = violation_message(i64::from(nr), &mut buf);
-        // SAFETY: a plain send of our stack buffer; failures are ignored.
-        unsafe { libc::send(fd, buf.as_ptr().cast(), len, libc::MSG_NOSIGNAL) };
-    }
-    // SAFETY: async-signal-safe calls with valid arguments.
-    unsafe {
-        if libc::getpid() == 1 {
-            // PID 1 of its namespace ignores its own signals: exit with the
-            // code the reaper turns back into SIGSYS.
-            libc::syscall(
-                libc::SYS_exit_group,
-                crate::pid::exit_code_for(libc::SIGSYS),
-            );
-        }
-        // Without a PID namespace (the host refused it): die of SIGSYS.
-        // Restore the default action, then raise SIGSYS on itself. The
-        // filters allow tgkill only on tgid 1 (and `no-tgkill` none), so
-        // this tgkill is denied in turn, and the kernel's SIGSYS for it,
-        // blocked here, is forced with the default action: the process dies
-        // of SIGSYS either way, after the report above.
-        libc::signal(libc::SIGSYS, libc::SIG_DFL);
-        libc::syscall(
-            libc::SYS_tgkill,
-            libc::getpid(),
-            libc::syscall(libc::SYS_gettid),
-            libc::SIGSYS,
-        );
-    }
-}
-
 /// The reaper's filter (`policies/seccomp/reaper.json`).
 pub(crate) fn install_reaper() -> Result<(), SandboxError> {
     seccompiler::apply_filter(&decode(REAPER)).map_err(|e| SandboxError::Seccomp(e.to_string()))
-}
-
-/// Encodes `WorkerMsg::SeccompViolation { syscall }` for the control
-/// channel into `buf` without allocating (this runs in a signal handler).
-pub fn violation_message(syscall: i64, buf: &mut [u8; 32]) -> usize {
-    let envelope = vtest_control::Envelope {
-        version: vtest_control::PROTOCOL_VERSION,
-        msg: vtest_control::WorkerMsg::SeccompViolation { syscall },
-    };
-    postcard::to_slice(&envelope, buf).map_or(0, |used| used.len())
 }
 
 #[cfg(test)]
@@ -224,19 +143,6 @@ mod tests {
         assert!(!decode(NO_WX).is_empty());
         assert!(!decode(NO_TGKILL).is_empty());
         assert!(allowed_syscalls(Profile::Llvmpipe, Phase::Steady).len() <= 56);
-    }
-
-    #[test]
-    fn violation_message_decodes_as_the_control_channel_message() {
-        let mut buf = [0u8; 32];
-        for nr in [0i64, 41, 59, 435, -1, i64::MAX] {
-            let n = violation_message(nr, &mut buf);
-            let msg: vtest_control::WorkerMsg = vtest_control::codec::decode(&buf[..n]).unwrap();
-            assert_eq!(
-                msg,
-                vtest_control::WorkerMsg::SeccompViolation { syscall: nr }
-            );
-        }
     }
 
     #[test]

@@ -14,8 +14,10 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use vtest_control::{Channel, WorkerMsg};
-use vtest_sandbox::{confine, lock_down, seccomp, Phase, Profile, SandboxConfig};
+use nix::sys::socket::{recv, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
+use vtest_sandbox::{
+    confine, lock_down, seccomp, violation, Phase, Profile, SandboxConfig, ViolationReport,
+};
 
 /// How a probe must end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -633,10 +635,26 @@ fn vtest_renderer_free_memfd() -> Result<OwnedFd, i32> {
     Ok(fd)
 }
 
+/// The record a probe's SIGSYS handler sends (the worker sends its control
+/// channel's packet instead): a tag, then the syscall number.
+const REPORT_TAG: &[u8; 8] = b"PROBE-NR";
+
+/// The SIGSYS report on stdin, as a worker's is on its control channel.
+fn report() -> ViolationReport {
+    let mut template = REPORT_TAG.to_vec();
+    template.extend_from_slice(&[0; 8]);
+    ViolationReport::new(std::io::stdin().as_fd().as_raw_fd(), &template, 8).unwrap()
+}
+
+/// The syscall number in a probe's report.
+fn reported_syscall(record: &[u8]) -> Option<i64> {
+    let nr = record.strip_prefix(REPORT_TAG)?;
+    Some(i64::from_le_bytes(nr.try_into().ok()?))
+}
+
 /// The seccomp layer of `confine`, alone.
 fn seccomp_only(probe: &Probe) {
-    let report_fd = std::io::stdin().as_fd().as_raw_fd();
-    let installed = seccomp::install_violation_reporter(Some(report_fd))
+    let installed = violation::install_reporter(Some(&report()))
         .and_then(|()| seccomp::install(probe.profile, Phase::Init));
     if let Err(e) = installed {
         eprintln!("seccomp failed: {e}");
@@ -654,7 +672,6 @@ fn run_probe(name: &str) -> ! {
         .into_iter()
         .find(|p| p.name == name)
         .expect("known probe");
-    let report_fd = std::io::stdin().as_fd().as_raw_fd();
     // SAFETY: F_GETFD on an fd number touches no memory.
     if unsafe { libc::fcntl(inherited_fd(), libc::F_GETFD) } < 0 {
         eprintln!("{name}: fd {} was not inherited", inherited_fd());
@@ -663,7 +680,7 @@ fn run_probe(name: &str) -> ! {
     if probe.setup == Setup::SeccompOnly {
         seccomp_only(&probe);
     } else {
-        let mut config = SandboxConfig::for_worker(None, None, Some(report_fd));
+        let mut config = SandboxConfig::for_worker(None, None, Some(report()));
         config.profile = probe.profile;
         let report = confine(&config).unwrap_or_else(|e| {
             eprintln!("confine failed: {e}");
@@ -706,12 +723,18 @@ fn main() {
             continue;
         }
         ran += 1;
-        let (ours, theirs) = Channel::pair().unwrap();
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
         let out = Command::new(std::env::current_exe().unwrap())
             .args(["--probe", probe.name])
             .env("PROBE_PARENT", std::process::id().to_string())
             .env("PROBE_INHERITED_FD", leaked.to_string())
-            .stdin(Stdio::from(theirs.into_fd()))
+            .stdin(Stdio::from(theirs))
             .output()
             .unwrap();
         let got = match (out.status.code(), out.status.signal()) {
@@ -727,15 +750,16 @@ fn main() {
                 continue;
             }
         };
-        // A SIGSYS death must have been reported over the control channel.
-        let reported = match ours.try_recv::<WorkerMsg>() {
-            Ok(Some((WorkerMsg::SeccompViolation { syscall }, _))) => Some(
-                vtest_sandbox::seccomp::syscall_name(syscall)
+        // A SIGSYS death must have been reported, in one record.
+        let mut record = [0u8; 64];
+        let reported = recv(ours.as_raw_fd(), &mut record, MsgFlags::MSG_DONTWAIT)
+            .ok()
+            .and_then(|n| reported_syscall(&record[..n]))
+            .map(|nr| {
+                vtest_sandbox::seccomp::syscall_name(nr)
                     .unwrap_or("?")
-                    .to_string(),
-            ),
-            _ => None,
-        };
+                    .to_string()
+            });
         let verdict = if got == probe.expect && (got != Expect::Sigsys || reported.is_some()) {
             "ok"
         } else {

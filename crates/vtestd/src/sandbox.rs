@@ -4,7 +4,7 @@ use std::os::fd::AsRawFd;
 
 use tracing::{debug, info, warn};
 use vtest_control::Channel;
-use vtest_sandbox::{Outcome, Profile, Rlimits, SandboxConfig};
+use vtest_sandbox::{Outcome, Profile, Rlimits, SandboxConfig, ViolationReport};
 
 use crate::cli::RendererArgs;
 
@@ -22,8 +22,8 @@ pub fn confine(
         return Ok(None);
     }
     let cache = std::env::var_os("MESA_SHADER_CACHE_DIR").map(Into::into);
-    let mut config =
-        SandboxConfig::for_worker(args.rendernode.clone(), cache, Some(channel.as_raw_fd()));
+    let report = violation_report(channel).map_err(|e| crate::logging::chain(&e))?;
+    let mut config = SandboxConfig::for_worker(args.rendernode.clone(), cache, Some(report));
     config.rlimits = rlimits;
     let report = vtest_sandbox::confine(&config).map_err(|e| crate::logging::chain(&e))?;
     let mut missing = Vec::new();
@@ -59,6 +59,15 @@ pub fn confine(
         warn!(profile = ?config.profile, "worker sandbox weakened (allowed by sandbox_allow_missing): {}", missing.join(", "));
     }
     Ok(Some(config.profile))
+}
+
+/// A trapped system call is reported as the control channel's
+/// `SeccompViolation` packet, so the broker reads it as any worker message:
+/// the sandbox sends the packet made in advance, the syscall number written
+/// into it (its SIGSYS handler can do no more).
+fn violation_report(channel: &Channel) -> Result<ViolationReport, vtest_sandbox::SandboxError> {
+    let (packet, syscall_at) = vtest_control::codec::seccomp_violation_template();
+    ViolationReport::new(channel.as_raw_fd(), &packet, syscall_at)
 }
 
 /// The steady-state profile for the renderer that actually runs. A worker

@@ -138,7 +138,7 @@ impl Broker {
             stop: None,
             settings,
         };
-        for (fd, name) in vtest_sandbox::inherited::listen_fds() {
+        for (fd, name) in crate::activation::listen_fds() {
             match Listener::adopt(fd) {
                 Ok(l) => {
                     info!(socket = %l.path().display(), name = name.as_deref().unwrap_or("-"),

@@ -144,7 +144,7 @@ impl Worker {
                 self.last = Some(LastWord::Finished(reason.printable()));
             }
             WorkerMsg::SeccompViolation { syscall } => {
-                let name = vtest_sandbox::seccomp::syscall_name(syscall).unwrap_or("unknown");
+                let name = syscalls::Sysno::new(syscall as usize).map_or("unknown", |s| s.name());
                 let (client_id, peer_pid, uid, gid) = match &self.role {
                     Role::Serving { client: c, .. } => (c.client_id, c.pid, c.uid, c.gid),
                     Role::Pool { .. } => (0, 0, 0, 0),
