@@ -10,12 +10,12 @@ use std::sync::Mutex;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use virglrenderer_sys as sys;
+use vtest_shm::SharedMemory;
 
 use crate::callbacks::{callback_table, CallbackState};
 use crate::checks::{c_id, check_box, check_offset, check_strides};
 use crate::error::RendererError;
 use crate::ffi::{IoVec, PinnedIov, VirglBox};
-use crate::shm::SharedMemory;
 use crate::types::{
     BlobArgs, BlobFdType, ContextFence, RendererOptions, ResourceCreateArgs, Transfer,
 };

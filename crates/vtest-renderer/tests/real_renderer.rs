@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use vtest_renderer::{
     blob_mem, BlobArgs, BoxRegion, Renderer, RendererError, RendererOptions, ResourceCreateArgs,
-    SharedMemory, Transfer,
+    Transfer,
 };
+use vtest_shm::SharedMemory;
 
 const PIPE_BUFFER: u32 = 0;
 const PIPE_TEXTURE_2D: u32 = 2;

@@ -3,7 +3,7 @@
 use std::os::fd::{BorrowedFd, OwnedFd};
 
 use vtest_protocol::{ResourceCreate, TransferBox};
-use vtest_renderer::SharedMemory;
+use vtest_shm::SharedMemory;
 
 /// A renderer call failed. `code` is whatever the renderer returned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -12,7 +12,7 @@ use vtest_protocol::{
     SubmitCmd2, SyncPoint, SyncWait, Transfer, Transfer2, BUSY_WAIT_FLAG_WAIT, MAX_TIMELINE_COUNT,
     MAX_VERSION, SYNC_WAIT_FLAG_ANY,
 };
-use vtest_renderer::SharedMemory;
+use vtest_shm::SharedMemory;
 
 use crate::backend::TransferArgs;
 use crate::conn::Output;
@@ -422,11 +422,9 @@ impl<B: Backend> Dispatcher<B> {
 
     fn shared_memory(&self, command: CommandId, handle: u32, len: u64) -> Result<SharedMemory> {
         let len = usize::try_from(len).map_err(|_| invalid(command, "size"))?;
-        SharedMemory::new(&format!("vtest-res-{handle}"), len).map_err(|e| match e {
-            vtest_renderer::RendererError::Shm(errno) => {
-                SessionError::system(command, errno.into())
-            }
-            other => SessionError::Io(std::io::Error::other(format!("shared memory: {other}"))),
+        SharedMemory::new(&format!("vtest-res-{handle}"), len).map_err(|e| match e.errno() {
+            Some(errno) => SessionError::system(command, errno.into()),
+            None => SessionError::Io(std::io::Error::other(format!("shared memory: {e}"))),
         })
     }
 

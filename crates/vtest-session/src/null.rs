@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::os::fd::{BorrowedFd, OwnedFd};
 
 use vtest_protocol::{ResourceCreate, ResourceCreateBlob};
-use vtest_renderer::SharedMemory;
+use vtest_shm::SharedMemory;
 
 use crate::backend::TransferArgs;
 use crate::{Backend, BackendError, ContextFence};

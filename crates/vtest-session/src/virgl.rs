@@ -4,9 +4,9 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 
 use vtest_protocol::{ResourceCreate, ResourceCreateBlob};
 use vtest_renderer::{
-    BlobArgs, BlobFdType, BoxRegion, Renderer, RendererError, ResourceCreateArgs, SharedMemory,
-    Transfer,
+    BlobArgs, BlobFdType, BoxRegion, Renderer, RendererError, ResourceCreateArgs, Transfer,
 };
+use vtest_shm::SharedMemory;
 
 use crate::backend::TransferArgs;
 use crate::{Backend, BackendError, ContextFence};
