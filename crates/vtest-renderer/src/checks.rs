@@ -2,9 +2,10 @@
 
 use std::ffi::c_int;
 
+use vtest_protocol::{TransferArgs, TransferBox};
+
 use crate::error::RendererError;
 use crate::ffi::VirglBox;
-use crate::types::{BoxRegion, Transfer};
 
 /// Several C prototypes take ids as `int` and convert them back to
 /// `uint32_t` internally (modular conversion), so the faithful way to pass a
@@ -15,7 +16,7 @@ pub(crate) fn c_id(id: u32) -> c_int {
 
 /// Rejects boxes whose end coordinates overflow `u32` (virglrenderer 0.10.4
 /// had integer-overflow bugs in its own box checks).
-pub(crate) fn check_box(b: &BoxRegion) -> Result<VirglBox, RendererError> {
+pub(crate) fn check_box(b: &TransferBox) -> Result<VirglBox, RendererError> {
     let fits = b.x.checked_add(b.w).is_some()
         && b.y.checked_add(b.h).is_some()
         && b.z.checked_add(b.d).is_some();
@@ -56,7 +57,7 @@ pub(crate) fn check_offset(offset: u64, avail: usize) -> Result<(), RendererErro
 /// `avail` bytes of guest data. Transfers with stride 0 use sizes derived by
 /// C from the resource's format and the box (bounded by the resource size);
 /// those are left to virglrenderer.
-pub(crate) fn check_strides(t: &Transfer, avail: usize) -> Result<(), RendererError> {
+pub(crate) fn check_strides(t: &TransferArgs, avail: usize) -> Result<(), RendererError> {
     const LIMIT: u64 = u32::MAX as u64;
     let avail =
         u64::try_from(avail).map_err(|_| RendererError::InvalidArgument("buffer too large"))?;
@@ -100,7 +101,7 @@ mod tests {
 
     #[test]
     fn box_overflow_is_rejected() {
-        let ok = BoxRegion {
+        let ok = TransferBox {
             x: 1,
             y: 2,
             z: 0,
@@ -110,17 +111,17 @@ mod tests {
         };
         assert!(check_box(&ok).is_ok());
         for bad in [
-            BoxRegion {
+            TransferBox {
                 x: u32::MAX,
                 w: 1,
                 ..ok
             },
-            BoxRegion {
+            TransferBox {
                 y: 1,
                 h: u32::MAX,
                 ..ok
             },
-            BoxRegion {
+            TransferBox {
                 z: u32::MAX,
                 d: u32::MAX,
                 ..ok
@@ -141,13 +142,13 @@ mod tests {
         assert!(check_offset(u64::MAX, usize::MAX - 1).is_err());
     }
 
-    fn transfer(stride: u32, layer_stride: u32, h: u32, d: u32, offset: u64) -> Transfer {
-        Transfer {
+    fn transfer(stride: u32, layer_stride: u32, h: u32, d: u32, offset: u64) -> TransferArgs {
+        TransferArgs {
             handle: 1,
             level: 0,
             stride,
             layer_stride,
-            bx: BoxRegion {
+            bx: TransferBox {
                 x: 0,
                 y: 0,
                 z: 0,

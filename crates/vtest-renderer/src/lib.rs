@@ -54,7 +54,4 @@ mod types;
 
 pub use error::RendererError;
 pub use renderer::Renderer;
-pub use types::{
-    blob_mem, BlobArgs, BlobFdType, BoxRegion, ContextFence, RendererOptions, ResourceCreateArgs,
-    Transfer,
-};
+pub use types::{blob_mem, BlobArgs, BlobFdType, RendererOptions, ResourceCreateArgs};

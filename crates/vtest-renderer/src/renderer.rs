@@ -10,15 +10,14 @@ use std::sync::Mutex;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use virglrenderer_sys as sys;
+use vtest_protocol::{ContextFence, TransferArgs};
 use vtest_shm::SharedMemory;
 
 use crate::callbacks::{callback_table, CallbackState};
 use crate::checks::{c_id, check_box, check_offset, check_strides};
 use crate::error::RendererError;
 use crate::ffi::{IoVec, PinnedIov, VirglBox};
-use crate::types::{
-    BlobArgs, BlobFdType, ContextFence, RendererOptions, ResourceCreateArgs, Transfer,
-};
+use crate::types::{BlobArgs, BlobFdType, RendererOptions, ResourceCreateArgs};
 
 /// Set while a [`Renderer`] exists: `virgl_renderer_init` is process-global.
 static INITIALIZED: AtomicBool = AtomicBool::new(false);
@@ -400,7 +399,7 @@ impl Renderer {
     fn prepare_transfer(
         &self,
         ctx_id: u32,
-        t: &Transfer,
+        t: &TransferArgs,
     ) -> Result<(VirglBox, usize), RendererError> {
         self.check_context(ctx_id)?;
         let res = self
@@ -418,7 +417,7 @@ impl Renderer {
     pub fn transfer_read(
         &mut self,
         ctx_id: u32,
-        t: &Transfer,
+        t: &TransferArgs,
         data: Option<&mut [u8]>,
     ) -> Result<(), RendererError> {
         let (mut bx, backing_len) = self.prepare_transfer(ctx_id, t)?;
@@ -463,7 +462,7 @@ impl Renderer {
     pub fn transfer_write(
         &mut self,
         ctx_id: u32,
-        t: &Transfer,
+        t: &TransferArgs,
         data: Option<&[u8]>,
     ) -> Result<(), RendererError> {
         let (mut bx, backing_len) = self.prepare_transfer(ctx_id, t)?;

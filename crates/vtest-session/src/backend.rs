@@ -2,7 +2,7 @@
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 
-use vtest_protocol::{ResourceCreate, TransferBox};
+use vtest_protocol::{ContextFence, ResourceCreate, TransferArgs};
 use vtest_shm::SharedMemory;
 
 /// A renderer call failed. `code` is whatever the renderer returned.
@@ -21,24 +21,6 @@ impl BackendError {
             reason: reason.to_string(),
         }
     }
-}
-
-/// A per-context fence that retired.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ContextFence {
-    pub ring_idx: u32,
-    pub fence_id: u64,
-}
-
-/// A transfer as the renderer takes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TransferArgs {
-    pub handle: u32,
-    pub level: u32,
-    pub stride: u32,
-    pub layer_stride: u32,
-    pub bx: TransferBox,
-    pub offset: u64,
 }
 
 /// The renderer operations a session uses. One client, one context.

@@ -9,12 +9,11 @@ use tracing::{debug, warn};
 use vtest_control::SessionStats;
 use vtest_protocol::{
     negotiate, param, BlobType, CommandId, Reply, Request, ResourceCreate, ResourceCreateBlob,
-    SubmitCmd2, SyncPoint, SyncWait, Transfer, Transfer2, BUSY_WAIT_FLAG_WAIT, MAX_TIMELINE_COUNT,
-    MAX_VERSION, SYNC_WAIT_FLAG_ANY,
+    SubmitCmd2, SyncPoint, SyncWait, Transfer, Transfer2, TransferArgs, BUSY_WAIT_FLAG_WAIT,
+    MAX_TIMELINE_COUNT, MAX_VERSION, SYNC_WAIT_FLAG_ANY,
 };
 use vtest_shm::SharedMemory;
 
-use crate::backend::TransferArgs;
 use crate::conn::Output;
 use crate::resources::Resources;
 use crate::syncs::Syncs;
@@ -519,7 +518,7 @@ impl<B: Backend> Dispatcher<B> {
             .map_err(|e| SessionError::system(command, e))?;
         if let Err(e) = self
             .backend
-            .transfer_read(CTX_ID, &v0_args(&t), Some(&mut data))
+            .transfer_read(CTX_ID, &TransferArgs::from(&t), Some(&mut data))
         {
             debug!(error = %e, "TRANSFER_GET failed; sending zeros");
         }
@@ -533,7 +532,7 @@ impl<B: Backend> Dispatcher<B> {
         self.known(command, t.handle)?;
         if let Err(e) = self
             .backend
-            .transfer_write(CTX_ID, &v0_args(&t), Some(data))
+            .transfer_write(CTX_ID, &TransferArgs::from(&t), Some(data))
         {
             debug!(error = %e, "TRANSFER_PUT failed");
         }
@@ -555,14 +554,7 @@ impl<B: Backend> Dispatcher<B> {
                 format!("offset {} past {shm_len} bytes of shared memory", t.offset),
             ));
         }
-        let args = TransferArgs {
-            handle: t.handle,
-            level: t.level,
-            stride: 0,
-            layer_stride: 0,
-            bx: t.bx,
-            offset: u64::from(t.offset),
-        };
+        let args = TransferArgs::from(&t);
         let result = if command == CommandId::TransferGet2 {
             self.backend.transfer_read(CTX_ID, &args, None)
         } else {
@@ -675,16 +667,5 @@ impl<B: Backend> Dispatcher<B> {
                 .map_err(|source| SessionError::Renderer { command, source })?;
         }
         Ok(())
-    }
-}
-
-fn v0_args(t: &Transfer) -> TransferArgs {
-    TransferArgs {
-        handle: t.handle,
-        level: t.level,
-        stride: t.stride,
-        layer_stride: t.layer_stride,
-        bx: t.bx,
-        offset: 0,
     }
 }
