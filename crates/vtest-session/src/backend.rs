@@ -5,11 +5,14 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use vtest_protocol::{ContextFence, ResourceCreate, TransferArgs};
 use vtest_shm::SharedMemory;
 
-/// A renderer call failed. `code` is whatever the renderer returned.
+/// A renderer call failed: which one, and the renderer's own error as text
+/// (its codes are informational only).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{operation} failed: {reason}")]
 pub struct BackendError {
+    /// The [`Backend`] method that failed.
     pub operation: &'static str,
+    /// Why, as the renderer put it.
     pub reason: String,
 }
 
