@@ -1,7 +1,7 @@
 //! vtest-client: a small blocking client for the vtest protocol (virglrenderer's
 //! `virgl_test_server` socket protocol), used by the end-to-end tests.
 //!
-//! Written from `PROTOCOL.md` only, deliberately independent of the server's own
+//! Written from `docs/PROTOCOL.md` only, deliberately independent of the server's own
 //! protocol crate, so that it can catch mistakes there. It reads exactly the bytes
 //! each reply should have (no buffering), receives fds the way Mesa does (plain
 //! reads for the header, then `recvmsg` of exactly one byte with an `SCM_RIGHTS`
@@ -249,7 +249,7 @@ impl Client {
     }
 
     // ----------------------------------------------------------------------
-    // Handshake (PROTOCOL.md §3.1)
+    // Handshake (docs/PROTOCOL.md §3.1)
 
     /// CREATE_RENDERER with `name` + NUL (`LEN` in bytes). No reply.
     pub fn create_renderer(&mut self, name: &str) -> Result<()> {

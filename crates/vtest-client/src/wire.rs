@@ -1,9 +1,9 @@
-//! Wire constants and pure request encoders (no I/O), written from PROTOCOL.md.
+//! Wire constants and pure request encoders (no I/O), written from docs/PROTOCOL.md.
 //!
 //! Every request is `[LEN, CMD_ID]` + payload, host-native (little-endian) `u32`s.
-//! `LEN` is in dwords except where PROTOCOL.md §1.3 says otherwise.
+//! `LEN` is in dwords except where docs/PROTOCOL.md §1.3 says otherwise.
 
-/// Command ids (PROTOCOL.md §2).
+/// Command ids (docs/PROTOCOL.md §2).
 pub mod cmd {
     pub const GET_CAPS: u32 = 1;
     pub const RESOURCE_CREATE: u32 = 2;
@@ -65,7 +65,7 @@ pub const SYNC_WAIT_FLAG_ANY: u32 = 1;
 /// SUBMIT_CMD2 batch flag: signal the syncs through a fence on `ring_idx`.
 pub const SUBMIT_CMD2_FLAG_RING_IDX: u32 = 1;
 /// SUBMIT_CMD2 batch header stride in dwords as the reference server reads
-/// them and Mesa 25.2 writes them (PROTOCOL.md §2.24).
+/// them and Mesa 25.2 writes them (docs/PROTOCOL.md §2.24).
 pub const SUBMIT_CMD2_BATCH_DWORDS: u32 = 8;
 /// The stride of Mesa 25.0's 6-field `struct vcmd_submit_cmd2_batch` (flags …
 /// ring_idx): vtestd infers it, the reference 0.10.4 misreads it.
@@ -79,7 +79,7 @@ pub const CAPS_V2_HOST_FEATURE_CHECK_VERSION: usize = 556;
 /// so Mesa virpipe makes persistent and coherent buffers as blobs.
 pub const VIRGL_CAP_ARB_BUFFER_STORAGE: u32 = 1 << 31;
 /// Mesa virpipe re-negotiates protocol version 2 when the caps'
-/// `host_feature_check_version` is below this (PROTOCOL.md §3.1).
+/// `host_feature_check_version` is below this (docs/PROTOCOL.md §3.1).
 pub const HOST_FEATURE_CHECK_VERSION_V3_IDS: u32 = 23;
 
 /// The dword at byte `offset` of a caps reply, if the reply is that long.
@@ -149,7 +149,7 @@ impl ResourceArgs {
         }
     }
 
-    /// Mesa virpipe's fence buffer: 8 bytes, bind CUSTOM, array_size 0 (PROTOCOL.md §4).
+    /// Mesa virpipe's fence buffer: 8 bytes, bind CUSTOM, array_size 0 (docs/PROTOCOL.md §4).
     pub fn fence_buffer() -> Self {
         ResourceArgs {
             bind: VIRGL_BIND_CUSTOM,
@@ -323,7 +323,7 @@ pub fn create_renderer_raw(name: &[u8]) -> Vec<u8> {
     out
 }
 
-/// PING_PROTOCOL_VERSION followed by the BUSY_WAIT(0, 0) probe (PROTOCOL.md §3.1).
+/// PING_PROTOCOL_VERSION followed by the BUSY_WAIT(0, 0) probe (docs/PROTOCOL.md §3.1).
 pub fn ping_probe() -> Vec<u8> {
     let mut out = message(cmd::PING_PROTOCOL_VERSION, &[]);
     out.extend(busy_wait(0, 0));
