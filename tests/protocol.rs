@@ -293,7 +293,7 @@ fn handshake_v1_maps_to_0() {
 fn renegotiation_v3_then_v2_as_mesa_25_does() {
     // Mesa 25 virpipe asks for 3, reads the caps and, because the host's
     // host_feature_check_version is below 23, sends PING + the BUSY_WAIT probe
-    // + PROTOCOL_VERSION(2) again on the same connection (PROTOCOL.md §3.1).
+    // + PROTOCOL_VERSION(2) again on the same connection (docs/PROTOCOL.md §3.1).
     let server = start();
     let mut c = client(&server);
     c.create_renderer("vtest-e2e").unwrap();
@@ -710,7 +710,7 @@ fn submit_cmd_then_busy_wait() {
     c.submit_cmd(&stream).unwrap();
     c.submit_cmd(&virgl::nop(&[0xdead_beef; 100])).unwrap();
     assert!(!c.busy_wait(0, true).unwrap());
-    // The fence-buffer pattern of Mesa virpipe (PROTOCOL.md §4).
+    // The fence-buffer pattern of Mesa virpipe (docs/PROTOCOL.md §4).
     let (_, fd) = c
         .resource_create2(&ResourceArgs::fence_buffer().with_handle(40), 8)
         .unwrap();
@@ -1246,7 +1246,7 @@ fn v3_submit_cmd2_two_batches_with_ring_stride_8() {
 )]
 fn lenient_submit_cmd2_two_batches_stride_6() {
     // Mesa 25.0's venus and vpipe write 6-dword batch headers; vtestd infers
-    // the stride from the first batch's cmd_offset (PROTOCOL.md §2.24).
+    // the stride from the first batch's cmd_offset (docs/PROTOCOL.md §2.24).
     let server = start();
     if skip_on_reference(&server, "read 6-dword batch headers (0.10.4 reads 8)") {
         return;
@@ -1890,7 +1890,7 @@ fn strict_blob_memfd_is_sealed() {
 )]
 fn busy_wait_alongside_another_client() {
     // BUSY_WAIT(WAIT) answers for its own client while another client is active
-    // (PROTOCOL.md §7.7; the reference forks per client, so this holds there too).
+    // (docs/PROTOCOL.md §7.7; the reference forks per client, so this holds there too).
     let server = start();
     let mut a = connect_v(&server, 2);
     let mut b = connect_v(&server, 2);
@@ -1915,7 +1915,7 @@ fn busy_wait_alongside_another_client() {
     ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
 )]
 fn transfer_get_out_of_bounds_leaks_nothing() {
-    // The reference sends its malloc buffer even when the read fails (PROTOCOL.md
+    // The reference sends its malloc buffer even when the read fails (docs/PROTOCOL.md
     // §2.4, a potential heap leak). Acceptable: close the connection, or send
     // exactly data_size zero bytes and stay usable.
     let server = start();

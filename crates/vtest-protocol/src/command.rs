@@ -1,4 +1,4 @@
-//! Command ids (`PROTOCOL.md` §2).
+//! Command ids (`docs/PROTOCOL.md` §2).
 
 /// Every command id a vtest client may send (1..=38).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -50,7 +50,7 @@ pub enum Decoded<'a> {
 ///
 /// Pure and allocation-free except for `SUBMIT_CMD2` batch headers, whose count
 /// is bounded by the payload size. `LEN` is used only where the command's
-/// payload is variable (`PROTOCOL.md` §1.3).
+/// payload is variable (`docs/PROTOCOL.md` §1.3).
 pub fn decode<'a>(buf: &'a [u8], limits: &Limits) -> Result<Decoded<'a>, ProtocolError> {
     if buf.len() < HEADER_BYTES {
         return Ok(Decoded::NeedMore(HEADER_BYTES));

@@ -1,4 +1,4 @@
-//! Replies, with the framing quirks of `PROTOCOL.md` §1.4.
+//! Replies, with the framing quirks of `docs/PROTOCOL.md` §1.4.
 
 use crate::wire::{put, put64};
 use crate::CommandId;

@@ -2,7 +2,7 @@
 //! box is still untrusted and is checked by the session against its tables.
 
 use crate::wire::{dword, join64};
-use crate::{CommandId, ProtocolError, MAX_TIMELINE_COUNT};
+use crate::{CommandId, ProtocolError, TransferBox, MAX_TIMELINE_COUNT};
 
 /// `RESOURCE_BUSY_WAIT` flag: block until idle.
 pub const BUSY_WAIT_FLAG_WAIT: u32 = 1;
@@ -159,34 +159,6 @@ impl ResourceCreate {
             self.last_level,
             self.nr_samples,
         ]
-    }
-}
-
-/// A box in texels: origin and size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct TransferBox {
-    pub x: u32,
-    pub y: u32,
-    pub z: u32,
-    pub w: u32,
-    pub h: u32,
-    pub d: u32,
-}
-
-impl TransferBox {
-    fn parse(p: &[u8], first: usize) -> Self {
-        TransferBox {
-            x: dword(p, first),
-            y: dword(p, first + 1),
-            z: dword(p, first + 2),
-            w: dword(p, first + 3),
-            h: dword(p, first + 4),
-            d: dword(p, first + 5),
-        }
-    }
-
-    pub(crate) fn fields(&self) -> [u32; 6] {
-        [self.x, self.y, self.z, self.w, self.h, self.d]
     }
 }
 
@@ -379,7 +351,7 @@ impl Batch {
 
 /// `SUBMIT_CMD2`: batches of command stream with syncs to signal.
 ///
-/// The batch headers come in two strides (`PROTOCOL.md` §2.24): 8 dwords (the
+/// The batch headers come in two strides (`docs/PROTOCOL.md` §2.24): 8 dwords (the
 /// reference server, Mesa 25.2) and 6 (Mesa 25.0's venus and vpipe). Every
 /// client packs its data right after the headers, so the stride is read off
 /// the first batch (its 6 fields sit at the same offsets in both layouts):

@@ -1,4 +1,4 @@
-//! Protocol version negotiation (`PROTOCOL.md` §3).
+//! Protocol version negotiation (`docs/PROTOCOL.md` §3).
 
 /// The highest protocol version vtestd serves (v4 needs DRM native contexts).
 pub const MAX_VERSION: u32 = 3;

@@ -1,4 +1,4 @@
-//! Decoding against bytes observed on the wire (`PROTOCOL.md` Appendix A) and
+//! Decoding against bytes observed on the wire (`docs/PROTOCOL.md` Appendix A) and
 //! the framing quirks real clients depend on.
 
 use vtest_protocol::{

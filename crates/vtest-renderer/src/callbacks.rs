@@ -14,8 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use virglrenderer_sys as sys;
-
-use crate::types::ContextFence;
+use vtest_protocol::ContextFence;
 
 /// The state behind the `cookie` pointer. It is heap-allocated, leaked into
 /// the `Renderer` and freed only after `virgl_renderer_cleanup`.

@@ -1,7 +1,6 @@
 //! Error type of the renderer wrapper.
 
-/// Everything that can go wrong while talking to virglrenderer or setting up
-/// shared memory.
+/// Everything that can go wrong while talking to virglrenderer.
 ///
 /// Codes carried by the variants are the raw return values of the C
 /// functions. virglrenderer 0.10.4 mixes positive and negative errnos (for
@@ -85,7 +84,4 @@ pub enum RendererError {
     /// An argument failed validation before reaching C (size, offset, range).
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),
-    /// Creating, sizing, sealing or mapping shared memory failed.
-    #[error("shared memory: {0}")]
-    Shm(#[source] nix::Error),
 }

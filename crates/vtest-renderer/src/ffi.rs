@@ -17,7 +17,7 @@ pub(crate) struct IoVec {
 
 /// `struct virgl_box` from `virgl_hw.h`: six `uint32_t`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct VirglBox {
     pub(crate) x: u32,
     pub(crate) y: u32,

@@ -1,8 +1,8 @@
 //! vtest-renderer: the only crate of vtestd that calls virglrenderer.
 //!
 //! It wraps the process-global virglrenderer instance in a safe, single-owner
-//! [`Renderer`] and provides [`SharedMemory`], the sealed memfd mappings used
-//! as resource backing and handed to clients.
+//! [`Renderer`]. Resource backings are `vtest_shm::SharedMemory`, which the
+//! renderer keeps alive while C points into them.
 //!
 //! All FFI goes through `virglrenderer-sys` (bindgen over the system header
 //! with `VIRGL_RENDERER_UNSTABLE_APIS`). `struct iovec` and `struct
@@ -41,8 +41,8 @@
 //! [`Renderer`]; transfer boxes must not wrap `u32`; offsets must lie inside
 //! the guest data; explicit strides must not wrap the 32-bit arithmetic of
 //! 0.10.4's `check_iov_bounds`; blob backings must cover the blob size; all
-//! lengths are converted with checks. [`SharedMemory`] is sealed against
-//! resizing before its fd can reach a client.
+//! lengths are converted with checks. A backing is sealed against resizing
+//! (by `vtest-shm`) before its fd can reach a client.
 
 mod callbacks;
 mod checks;
@@ -50,13 +50,8 @@ mod error;
 mod ffi;
 mod messages;
 mod renderer;
-mod shm;
 mod types;
 
 pub use error::RendererError;
 pub use renderer::Renderer;
-pub use shm::SharedMemory;
-pub use types::{
-    blob_mem, BlobArgs, BlobFdType, BoxRegion, ContextFence, RendererOptions, ResourceCreateArgs,
-    Transfer,
-};
+pub use types::{blob_mem, BlobArgs, BlobFdType, RendererOptions, ResourceCreateArgs};

@@ -1,4 +1,5 @@
-//! Plain argument and result types of the safe API.
+//! Plain argument and result types of the safe API that mirror C structs
+//! (transfers and fences use `vtest-protocol`'s plain types).
 
 /// Options for [`crate::Renderer::new`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -40,40 +41,6 @@ pub struct ResourceCreateArgs {
     pub nr_samples: u32,
     /// `VIRGL_RESOURCE_FLAG_*`.
     pub flags: u32,
-}
-
-/// A 3D region (`struct virgl_box`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BoxRegion {
-    /// Origin x.
-    pub x: u32,
-    /// Origin y.
-    pub y: u32,
-    /// Origin z (or first layer).
-    pub z: u32,
-    /// Width.
-    pub w: u32,
-    /// Height.
-    pub h: u32,
-    /// Depth (or layer count).
-    pub d: u32,
-}
-
-/// Arguments of a transfer (`virgl_renderer_transfer_{read,write}_iov`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Transfer {
-    /// Resource handle.
-    pub handle: u32,
-    /// Mip level.
-    pub level: u32,
-    /// Row stride of the guest data in bytes (0 = tightly packed).
-    pub stride: u32,
-    /// Layer stride of the guest data in bytes (0 = tightly packed).
-    pub layer_stride: u32,
-    /// Region of the resource.
-    pub bx: BoxRegion,
-    /// Byte offset into the guest data (the attached backing or the buffer).
-    pub offset: u64,
 }
 
 /// `struct virgl_renderer_resource_create_blob_args` (without the iovecs,
@@ -128,19 +95,6 @@ impl BlobFdType {
             _ => None,
         }
     }
-}
-
-/// A retired per-context fence, reported by the `write_context_fence`
-/// callback. For MERGEABLE fences virglrenderer may skip intermediate ids, so
-/// a fence retires every earlier fence on the same `(ctx_id, ring_idx)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ContextFence {
-    /// Context id.
-    pub ctx_id: u32,
-    /// Ring (timeline) index.
-    pub ring_idx: u32,
-    /// Fence id as passed to [`crate::Renderer::context_create_fence`].
-    pub fence_id: u64,
 }
 
 #[cfg(test)]

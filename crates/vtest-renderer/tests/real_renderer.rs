@@ -9,10 +9,11 @@ use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use vtest_protocol::{TransferArgs, TransferBox};
 use vtest_renderer::{
-    blob_mem, BlobArgs, BoxRegion, Renderer, RendererError, RendererOptions, ResourceCreateArgs,
-    SharedMemory, Transfer,
+    blob_mem, BlobArgs, Renderer, RendererError, RendererOptions, ResourceCreateArgs,
 };
+use vtest_shm::SharedMemory;
 
 const PIPE_BUFFER: u32 = 0;
 const PIPE_TEXTURE_2D: u32 = 2;
@@ -55,8 +56,8 @@ fn tex_args(handle: u32) -> ResourceCreateArgs {
     }
 }
 
-fn full_box() -> BoxRegion {
-    BoxRegion {
+fn full_box() -> TransferBox {
+    TransferBox {
         x: 0,
         y: 0,
         z: 0,
@@ -100,7 +101,7 @@ fn texture_round_trips(r: &mut Renderer) {
     ));
 
     // Backing path: write from the shm, clear it, read back into it.
-    let t = Transfer {
+    let t = TransferArgs {
         handle: TEX,
         level: 0,
         stride: 0,
@@ -130,9 +131,9 @@ fn texture_round_trips(r: &mut Renderer) {
 
     // A sub-box through the explicit path: rows 2..4, columns 4..8, packed
     // with a 16-byte stride (stride 0 would mean the texture's row pitch).
-    let sub = Transfer {
+    let sub = TransferArgs {
         stride: 4 * 4,
-        bx: BoxRegion {
+        bx: TransferBox {
             x: 4,
             y: 2,
             z: 0,
@@ -155,7 +156,7 @@ fn texture_round_trips(r: &mut Renderer) {
     eprintln!("transfer into a too small buffer: {e:?}");
     assert!(matches!(e, RendererError::Transfer(_)));
     // An offset past the data is rejected before C.
-    let far = Transfer {
+    let far = TransferArgs {
         offset: TEX_BYTES as u64 + 1,
         ..t
     };
@@ -164,8 +165,8 @@ fn texture_round_trips(r: &mut Renderer) {
         Err(RendererError::InvalidArgument(_))
     ));
     // A box that wraps u32 is rejected before C.
-    let wrap = Transfer {
-        bx: BoxRegion {
+    let wrap = TransferArgs {
+        bx: TransferBox {
             x: u32::MAX,
             ..full_box()
         },
@@ -177,7 +178,7 @@ fn texture_round_trips(r: &mut Renderer) {
     ));
     // A stride whose 32-bit products wrap in virglrenderer 0.10.4's bounds
     // check is rejected before C.
-    let wide = Transfer {
+    let wide = TransferArgs {
         stride: 0x1000_0000,
         ..t
     };
@@ -187,8 +188,8 @@ fn texture_round_trips(r: &mut Renderer) {
         Err(RendererError::InvalidArgument(_))
     ));
     // A box outside the texture is rejected by virglrenderer.
-    let outside = Transfer {
-        bx: BoxRegion { x: W, ..full_box() },
+    let outside = TransferArgs {
+        bx: TransferBox { x: W, ..full_box() },
         ..t
     };
     let e = r.transfer_write(CTX, &outside, Some(&p2)).unwrap_err();
@@ -210,9 +211,9 @@ fn buffer_resource(r: &mut Renderer) {
         flags: 0,
     };
     r.resource_create(CTX, &args, None).unwrap();
-    let t = Transfer {
+    let t = TransferArgs {
         handle: BUF,
-        bx: BoxRegion {
+        bx: TransferBox {
             x: 0,
             y: 0,
             z: 0,
@@ -220,7 +221,7 @@ fn buffer_resource(r: &mut Renderer) {
             h: 1,
             d: 1,
         },
-        ..Transfer::default()
+        ..TransferArgs::default()
     };
     r.transfer_write(CTX, &t, Some(&[1, 2, 3, 4, 5, 6, 7, 8]))
         .unwrap();
@@ -429,10 +430,10 @@ fn real_virglrenderer_sequence() {
     r.resource_unref(TEX);
     assert!(!r.has_resource(TEX));
     r.resource_unref(TEX); // unknown: no-op
-    let t = Transfer {
+    let t = TransferArgs {
         handle: TEX,
         bx: full_box(),
-        ..Transfer::default()
+        ..TransferArgs::default()
     };
     let mut buf = vec![0u8; TEX_BYTES];
     assert!(matches!(

@@ -2,14 +2,17 @@
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 
-use vtest_protocol::{ResourceCreate, TransferBox};
-use vtest_renderer::SharedMemory;
+use vtest_protocol::{ContextFence, ResourceCreate, TransferArgs};
+use vtest_shm::SharedMemory;
 
-/// A renderer call failed. `code` is whatever the renderer returned.
+/// A renderer call failed: which one, and the renderer's own error as text
+/// (its codes are informational only).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{operation} failed: {reason}")]
 pub struct BackendError {
+    /// The [`Backend`] method that failed.
     pub operation: &'static str,
+    /// Why, as the renderer put it.
     pub reason: String,
 }
 
@@ -21,24 +24,6 @@ impl BackendError {
             reason: reason.to_string(),
         }
     }
-}
-
-/// A per-context fence that retired.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ContextFence {
-    pub ring_idx: u32,
-    pub fence_id: u64,
-}
-
-/// A transfer as the renderer takes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TransferArgs {
-    pub handle: u32,
-    pub level: u32,
-    pub stride: u32,
-    pub layer_stride: u32,
-    pub bx: TransferBox,
-    pub offset: u64,
 }
 
 /// The renderer operations a session uses. One client, one context.

@@ -6,11 +6,10 @@
 use std::collections::HashMap;
 use std::os::fd::{BorrowedFd, OwnedFd};
 
-use vtest_protocol::{ResourceCreate, ResourceCreateBlob};
-use vtest_renderer::SharedMemory;
+use vtest_protocol::{ContextFence, ResourceCreate, ResourceCreateBlob, TransferArgs};
+use vtest_shm::SharedMemory;
 
-use crate::backend::TransferArgs;
-use crate::{Backend, BackendError, ContextFence};
+use crate::{Backend, BackendError};
 
 /// Caps bytes the null backend reports: the sizes virglrenderer 0.10.4 uses.
 const CAPS_V1_BYTES: u32 = 308;
@@ -219,7 +218,7 @@ impl Backend for NullBackend {
 
     fn context_create_fence(
         &mut self,
-        _ctx_id: u32,
+        ctx_id: u32,
         ring_idx: u32,
         fence_id: u64,
     ) -> Result<(), BackendError> {
@@ -229,7 +228,11 @@ impl Backend for NullBackend {
                 "virgl uses ring 0",
             ));
         }
-        self.ring_fences.push(ContextFence { ring_idx, fence_id });
+        self.ring_fences.push(ContextFence {
+            ctx_id,
+            ring_idx,
+            fence_id,
+        });
         Ok(())
     }
 

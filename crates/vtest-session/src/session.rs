@@ -43,7 +43,7 @@ impl<B: Backend> Session<B> {
     }
 
     /// Like [`Session::run`], calling `tick` with the current counters about
-    /// once per [`TICK`] while the client is active (for the broker's status
+    /// once per `TICK` (a second) while the client is active (for the broker's status
     /// and hang watchdog).
     pub fn run_with_ticks(
         &mut self,

@@ -2,6 +2,8 @@
 //!
 //! The control channel is the worker's stdin (see `vtest_broker::WorkerCommand`).
 
+mod backend;
+
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
@@ -10,8 +12,9 @@ use std::time::Duration;
 use tracing::{info, warn};
 use vtest_control::{expect_one_fd, BrokerMsg, Channel, ExitReason, Limits, WorkerMsg};
 use vtest_renderer::Renderer;
-use vtest_session::{Session, SessionError, SessionLimits, VirglBackend, WorkerResource};
+use vtest_session::{Session, SessionError, SessionLimits, WorkerResource};
 
+use self::backend::VirglBackend;
 use crate::cli::WorkerArgs;
 use crate::sandbox;
 

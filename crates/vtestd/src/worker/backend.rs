@@ -1,15 +1,15 @@
-//! The real backend: virglrenderer through `vtest-renderer`.
+//! The worker's session backend: the session's [`Backend`] calls on
+//! virglrenderer through `vtest-renderer`. It lives here, not in
+//! `vtest-session`, so that the session's dispatch logic, its null backend and
+//! its fuzz target link no virglrenderer.
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 
-use vtest_protocol::{ResourceCreate, ResourceCreateBlob};
-use vtest_renderer::{
-    BlobArgs, BlobFdType, BoxRegion, Renderer, RendererError, ResourceCreateArgs, SharedMemory,
-    Transfer,
-};
+use vtest_protocol::{ContextFence, ResourceCreate, ResourceCreateBlob, TransferArgs};
+use vtest_renderer::{BlobArgs, BlobFdType, Renderer, RendererError, ResourceCreateArgs};
+use vtest_shm::SharedMemory;
 
-use crate::backend::TransferArgs;
-use crate::{Backend, BackendError, ContextFence};
+use vtest_session::{Backend, BackendError};
 
 /// virglrenderer, initialised once in this worker process.
 pub struct VirglBackend {
@@ -29,24 +29,6 @@ impl VirglBackend {
 
 fn err(operation: &'static str) -> impl FnOnce(RendererError) -> BackendError {
     move |e| BackendError::new(operation, e)
-}
-
-fn transfer(t: &TransferArgs) -> Transfer {
-    Transfer {
-        handle: t.handle,
-        level: t.level,
-        stride: t.stride,
-        layer_stride: t.layer_stride,
-        bx: BoxRegion {
-            x: t.bx.x,
-            y: t.bx.y,
-            z: t.bx.z,
-            w: t.bx.w,
-            h: t.bx.h,
-            d: t.bx.d,
-        },
-        offset: t.offset,
-    }
 }
 
 impl Backend for VirglBackend {
@@ -142,7 +124,7 @@ impl Backend for VirglBackend {
         data: Option<&mut [u8]>,
     ) -> Result<(), BackendError> {
         self.renderer
-            .transfer_read(ctx_id, &transfer(t), data)
+            .transfer_read(ctx_id, t, data)
             .map_err(err("transfer_read"))
     }
 
@@ -153,7 +135,7 @@ impl Backend for VirglBackend {
         data: Option<&[u8]>,
     ) -> Result<(), BackendError> {
         self.renderer
-            .transfer_write(ctx_id, &transfer(t), data)
+            .transfer_write(ctx_id, t, data)
             .map_err(err("transfer_write"))
     }
 
@@ -196,14 +178,7 @@ impl Backend for VirglBackend {
     }
 
     fn take_context_fences(&mut self) -> Vec<ContextFence> {
-        self.renderer
-            .take_context_fences()
-            .into_iter()
-            .map(|f| ContextFence {
-                ring_idx: f.ring_idx,
-                fence_id: f.fence_id,
-            })
-            .collect()
+        self.renderer.take_context_fences()
     }
 
     fn poll_fd(&self) -> Option<BorrowedFd<'_>> {

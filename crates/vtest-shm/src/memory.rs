@@ -1,4 +1,5 @@
-//! Sealed, memfd-backed shared memory handed to clients.
+//! [`SharedMemory`]: a sealed memfd mapping, copied in and out with volatile
+//! accesses only.
 
 use std::ffi::c_void;
 use std::num::NonZeroUsize;
@@ -9,7 +10,7 @@ use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 
-use crate::error::RendererError;
+use crate::error::ShmError;
 
 /// A memfd of fixed size, sealed against resizing and mapped read/write
 /// `MAP_SHARED` into this process.
@@ -28,8 +29,8 @@ use crate::error::RendererError;
 /// change), so none is ever made: Rust code reaches the bytes only through
 /// [`SharedMemory::read_at`] and [`SharedMemory::write_at`], which copy with
 /// volatile accesses (as `vm-memory`'s `VolatileSlice` does). Every byte
-/// read is untrusted and may differ between two reads. virglrenderer (C)
-/// reads and writes the mapping through the attached `iovec`.
+/// read is untrusted and may differ between two reads. C code
+/// (virglrenderer) reaches the mapping through [`SharedMemory::as_ptr`].
 #[derive(Debug)]
 pub struct SharedMemory {
     /// The memfd, until it is handed to the client ([`SharedMemory::take_fd`]):
@@ -50,22 +51,20 @@ impl SharedMemory {
     ///
     /// `name` is only a debugging label (visible in `/proc/*/fd`); it must not
     /// contain NUL bytes. `len` must be non-zero and fit in `off_t`.
-    pub fn new(name: &str, len: usize) -> Result<Self, RendererError> {
-        let nz_len =
-            NonZeroUsize::new(len).ok_or(RendererError::InvalidArgument("shared memory size 0"))?;
-        let off_len = libc::off_t::try_from(len)
-            .map_err(|_| RendererError::InvalidArgument("shared memory size too large"))?;
+    pub fn new(name: &str, len: usize) -> Result<Self, ShmError> {
+        let nz_len = NonZeroUsize::new(len).ok_or(ShmError::ZeroSize)?;
+        let off_len = nix::libc::off_t::try_from(len).map_err(|_| ShmError::TooLarge(len))?;
 
         let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
-            .map_err(RendererError::Shm)?;
-        nix::unistd::ftruncate(&fd, off_len).map_err(RendererError::Shm)?;
+            .map_err(system("memfd_create"))?;
+        nix::unistd::ftruncate(&fd, off_len).map_err(system("ftruncate"))?;
         fcntl(
             &fd,
             FcntlArg::F_ADD_SEALS(
                 SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
             ),
         )
-        .map_err(RendererError::Shm)?;
+        .map_err(system("F_ADD_SEALS"))?;
 
         // SAFETY: a fresh shared mapping of a file we own; it does not alias
         // any Rust object, and the file is sealed at exactly `len` bytes so
@@ -80,7 +79,7 @@ impl SharedMemory {
                 0,
             )
         }
-        .map_err(RendererError::Shm)?;
+        .map_err(system("mmap"))?;
 
         Ok(Self {
             fd: Some(fd),
@@ -110,28 +109,32 @@ impl SharedMemory {
         self.len == 0
     }
 
-    /// Start of the mapping, for building the `iovec` handed to virglrenderer.
-    pub(crate) fn as_ptr(&self) -> *mut c_void {
+    /// Start of the mapping (`len` bytes), for the `iovec` handed to C
+    /// (virglrenderer). Never make a Rust reference from it: the client
+    /// writes the memory while we hold it.
+    pub fn as_ptr(&self) -> *mut c_void {
         self.ptr.as_ptr().cast()
     }
 
     /// The byte range `at..at + n`, if it lies inside the mapping.
-    fn range(&self, at: usize, n: usize) -> Result<*mut u8, RendererError> {
+    fn range(&self, at: usize, n: usize) -> Result<*mut u8, ShmError> {
         match at.checked_add(n) {
             Some(end) if end <= self.len => {
                 // SAFETY: `at <= len`, so the offset stays inside (or one
                 // past the end of) the mapping.
                 Ok(unsafe { self.ptr.as_ptr().add(at) })
             }
-            _ => Err(RendererError::InvalidArgument(
-                "range outside the shared memory",
-            )),
+            _ => Err(ShmError::OutOfRange {
+                at,
+                len: n,
+                size: self.len,
+            }),
         }
     }
 
     /// Copies `dst.len()` bytes from offset `at` of the mapping, with
     /// volatile reads (the client may be writing them at the same time).
-    pub fn read_at(&self, at: usize, dst: &mut [u8]) -> Result<(), RendererError> {
+    pub fn read_at(&self, at: usize, dst: &mut [u8]) -> Result<(), ShmError> {
         let src = self.range(at, dst.len())?;
         for (i, d) in dst.iter_mut().enumerate() {
             // SAFETY: `src + i` lies inside the live mapping (checked by
@@ -143,7 +146,7 @@ impl SharedMemory {
     }
 
     /// Copies `src` to offset `at` of the mapping, with volatile writes.
-    pub fn write_at(&self, at: usize, src: &[u8]) -> Result<(), RendererError> {
+    pub fn write_at(&self, at: usize, src: &[u8]) -> Result<(), ShmError> {
         let dst = self.range(at, src.len())?;
         for (i, s) in src.iter().enumerate() {
             // SAFETY: as in `read_at`; the mapping is writable (PROT_WRITE).
@@ -159,6 +162,11 @@ impl SharedMemory {
         let _ = self.read_at(0, &mut v);
         v
     }
+}
+
+/// Maps the error of the system call `call`.
+fn system(call: &'static str) -> impl FnOnce(nix::Error) -> ShmError {
+    move |source| ShmError::System { call, source }
 }
 
 impl Drop for SharedMemory {
@@ -181,13 +189,14 @@ mod tests {
     fn zero_length_is_rejected() {
         assert!(matches!(
             SharedMemory::new("zero", 0),
-            Err(RendererError::InvalidArgument(_))
+            Err(ShmError::ZeroSize)
         ));
     }
 
     #[test]
     fn name_with_nul_is_rejected() {
-        assert!(SharedMemory::new("a\0b", 16).is_err());
+        let e = SharedMemory::new("a\0b", 16).unwrap_err();
+        assert_eq!(e.errno(), Some(Errno::EINVAL), "{e:?}");
     }
 
     #[test]
@@ -222,7 +231,7 @@ mod tests {
     fn fd_is_cloexec() {
         let shm = SharedMemory::new("cloexec", 64).unwrap();
         let flags = fcntl(shm.fd().unwrap(), FcntlArg::F_GETFD).unwrap();
-        assert_ne!(flags & libc::FD_CLOEXEC, 0);
+        assert_ne!(flags & nix::libc::FD_CLOEXEC, 0);
     }
 
     #[test]
@@ -236,9 +245,17 @@ mod tests {
         let mut buf = vec![0u8; 8192];
         assert_eq!(pread(shm.fd().unwrap(), &mut buf, 0).unwrap(), 8192);
         assert_eq!(buf, shm.to_vec());
-        // Out of range, or wrapping, is refused.
-        assert!(shm.write_at(8190, &[1, 2, 3]).is_err());
+        // Out of range, or wrapping, is refused; the last byte is in range.
+        assert!(matches!(
+            shm.write_at(8190, &[1, 2, 3]),
+            Err(ShmError::OutOfRange {
+                at: 8190,
+                len: 3,
+                size: 8192
+            })
+        ));
         assert!(shm.read_at(usize::MAX, &mut [0u8; 2]).is_err());
+        shm.write_at(8191, &[9]).unwrap();
 
         // A second, independent mapping of the same fd sees the same bytes,
         // and writes through it are visible through ours (what a client does).
