@@ -379,43 +379,143 @@ fn short_glmark2_scores(server: &Server, xvfb: &Xvfb, what: &str) {
     let _ = fs::remove_dir_all(&dir);
 }
 
-/// The opt-in shader cache works under the production sandbox: Mesa's
-/// single-file cache is opened while the worker initialises and written
-/// through its fds once serving (flock, a lower-priority writer thread),
-/// with no file opened in steady state and no SIGSYS.
+/// The shader cache (on by default, one per listener) works under the
+/// production sandbox: Mesa's single-file cache is opened while the worker
+/// initialises and written through its fds once serving (flock, a
+/// lower-priority writer thread), with no file opened in steady state and
+/// no SIGSYS; with `--shader-cache=uid` each client uid has its own.
 #[test]
-#[cfg_attr(not(all(vtestd_root, vtestd_mesa)), ignore = "needs root and Mesa")]
+#[cfg_attr(
+    not(all(vtestd_root, vtestd_mesa, vtestd_clients)),
+    ignore = "needs root, Mesa and the Mesa clients"
+)]
 fn the_shader_cache_works_under_the_production_sandbox() {
     let xvfb = Xvfb::start();
-    let cache = common::mesa::work_dir("shader-cache");
-    let arg = format!("--shader-cache-dir={}", cache.display());
-    let server = Server::start_with(ServerKind::Vtestd, &[arg.as_str()]);
-    for round in 0..2 {
-        short_glmark2_scores(
-            &server,
-            &xvfb,
-            &format!("glmark2 with the shader cache, round {round}"),
+    for (scope, below) in [("listener", ""), ("uid", "uid-0")] {
+        let cache = common::server::shader_cache_dir("sandbox");
+        let dir = format!("--shader-cache-dir={}", cache.display());
+        let scope_arg = format!("--shader-cache={scope}");
+        let server = Server::start_with(ServerKind::Vtestd, &[dir.as_str(), scope_arg.as_str()]);
+        for round in 0..2 {
+            short_glmark2_scores(
+                &server,
+                &xvfb,
+                &format!("glmark2 with the {scope} shader cache, round {round}"),
+            );
+        }
+        let log = server.log_text();
+        assert!(!log.contains("seccomp violation"), "{log}");
+        assert!(
+            !log.contains("for shader cache") && !log.contains("shader cache unusable"),
+            "the cache was disabled:\n{log}"
         );
+        // The entries went into the scope's directory, in the single file.
+        let entries = cache_bytes(&cache.join(below));
+        assert!(
+            entries > 1024,
+            "{scope}: no shader cache entries under {}",
+            cache.join(below).display()
+        );
+        let _ = fs::remove_dir_all(&cache);
     }
-    let log = server.log_text();
-    assert!(!log.contains("seccomp violation"), "{log}");
-    assert!(
-        !log.contains("for shader cache"),
-        "Mesa disabled the cache:\n{log}"
-    );
-    // The entries went into this uid's directory, in the single file.
-    let entries: u64 = walk(&cache)
+}
+
+/// Bytes in Mesa's single-file caches below `dir`.
+fn cache_bytes(dir: &std::path::Path) -> u64 {
+    walk(dir)
         .iter()
         .filter(|p| p.file_name().is_some_and(|n| n == "foz_cache.foz"))
         .map(|p| fs::metadata(p).map_or(0, |m| m.len()))
-        .sum();
-    assert!(
-        entries > 1024,
-        "no shader cache entries under {}",
-        cache.display()
+        .sum()
+}
+
+/// Two listeners (two tenants): each one's workers see their own cache
+/// directory and not the other's (their mount view holds only their own;
+/// the other's path does not exist for them), and a client's shaders land
+/// only in its own listener's cache.
+#[test]
+#[cfg_attr(
+    not(all(vtestd_root, vtestd_mesa, vtestd_clients)),
+    ignore = "needs root, Mesa and the Mesa clients"
+)]
+fn two_listeners_never_see_each_others_shader_cache() {
+    let xvfb = Xvfb::start();
+    let root = common::server::shader_cache_dir("tenants");
+    let other_socket = common::server::unique_dir("tenant-b").join("b.sock");
+    let config = format!(
+        "[server]\nshader_cache_dir = \"{}\"\n\n\
+         [[listener]]\nname = \"tenant-a\"\npool = 1\n\n\
+         [[listener]]\nname = \"tenant-b\"\npath = \"{}\"\npool = 1\n",
+        root.display(),
+        other_socket.display()
     );
-    assert!(cache.join("uid-0").is_dir());
-    let _ = fs::remove_dir_all(&cache);
+    let server = Server::start_with_config(&config, &["--pool=1", "--shader-cache=listener"]);
+    let (a, b) = (root.join("tenant-a"), root.join("tenant-b"));
+    // Each pool worker opened its own listener's cache while initialising.
+    assert!(
+        eventually(30, || cache_bytes(&a) > 0 && cache_bytes(&b) > 0),
+        "both caches made: {:?}",
+        walk(&root)
+    );
+    // The pool workers (inside their reapers), by the cache they were given.
+    let mut seen = Vec::new();
+    assert!(eventually(30, || {
+        seen = common::procs::children(server.pid())
+            .into_iter()
+            .flat_map(common::procs::children)
+            .filter_map(|pid| {
+                let env = fs::read(format!("/proc/{pid}/environ")).ok()?;
+                let dir = env
+                    .split(|&b| b == 0)
+                    .find_map(|v| v.strip_prefix(b"MESA_SHADER_CACHE_DIR="))?;
+                Some((
+                    pid,
+                    std::path::PathBuf::from(String::from_utf8_lossy(dir).as_ref()),
+                ))
+            })
+            .collect();
+        seen.len() == 2
+    }));
+    for (pid, own) in &seen {
+        let other = if own == &a { &b } else { &a };
+        assert!(
+            own == &a || own == &b,
+            "worker {pid}: cache {}",
+            own.display()
+        );
+        let mounts = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+        let has = |dir: &std::path::Path| mounts.contains(&format!(" {} ", dir.display()));
+        assert!(
+            has(own),
+            "worker {pid} lacks its cache {}:\n{mounts}",
+            own.display()
+        );
+        assert!(
+            !has(other),
+            "worker {pid} has {}:\n{mounts}",
+            other.display()
+        );
+        let through = |dir: &std::path::Path| {
+            std::path::Path::new(&format!("/proc/{pid}/root")).join(dir.strip_prefix("/").unwrap())
+        };
+        assert!(through(own).is_dir(), "worker {pid}: own cache not visible");
+        assert!(
+            !through(other).exists(),
+            "worker {pid} can reach {}",
+            other.display()
+        );
+    }
+    // A client of tenant A compiles its shaders into A's cache only.
+    let before_b = cache_bytes(&b);
+    let before_a = cache_bytes(&a);
+    short_glmark2_scores(&server, &xvfb, "glmark2 through tenant A");
+    assert!(
+        eventually(10, || cache_bytes(&a) > before_a),
+        "tenant A's cache did not grow"
+    );
+    assert_eq!(cache_bytes(&b), before_b, "tenant B's cache changed");
+    drop(server);
+    let _ = fs::remove_dir_all(&root);
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -60,6 +60,16 @@ pub fn unique_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// A fresh shader cache directory for one server, outside /tmp.
+pub fn shader_cache_dir(tag: &str) -> PathBuf {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let dir =
+        super::mesa::outputs_root().join(format!("shader-cache-{tag}-{}-{n}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    dir
+}
+
 /// A running server; killed (SIGTERM, then SIGKILL) and its directory removed on drop.
 pub struct Server {
     pub kind: ServerKind,
@@ -105,6 +115,7 @@ impl Server {
         let dir = unique_dir(tag);
         let socket = dir.join(".virgl_test");
         let log = dir.join("server.log");
+        let mut cache_dir = None;
         let mut cmd = match kind {
             ServerKind::Vtestd => {
                 let mut c = Command::new(vtestd_bin());
@@ -117,6 +128,14 @@ impl Server {
                 ));
                 if !extra.iter().any(|a| a.starts_with("--pool")) {
                     c.arg("--pool=0");
+                }
+                // The shader cache as in production, but this server's own
+                // (outside /tmp, which workers cannot bind), so tests do not
+                // share compiled shaders with each other or with earlier runs.
+                if !extra.iter().any(|a| a.starts_with("--shader-cache")) {
+                    let cache = shader_cache_dir(tag);
+                    c.arg(format!("--shader-cache-dir={}", cache.display()));
+                    cache_dir = Some(cache);
                 }
                 c.env(
                     "RUST_LOG",
@@ -146,7 +165,7 @@ impl Server {
             dir,
             socket,
             log,
-            extra_dirs: Vec::new(),
+            extra_dirs: cache_dir.into_iter().collect(),
         };
         server.wait_ready();
         if kind == ServerKind::Vtestd {

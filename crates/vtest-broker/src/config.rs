@@ -69,6 +69,32 @@ pub struct ServerConfig {
     pub worker_open_files: u64,
     /// cgroup `pids.max` of a worker (threads count).
     pub worker_pids: u32,
+    /// Where the shader caches live: one directory per listener (and per
+    /// client uid where a listener says `shader_cache = "uid"`), made by the
+    /// broker, mode 0700. Default: systemd's `$CACHE_DIRECTORY`, else
+    /// `/var/cache/vtestd` for root, else `$XDG_CACHE_HOME/vtestd` (or
+    /// `~/.cache/vtestd`).
+    pub shader_cache_dir: PathBuf,
+    /// Size bound of each cache directory, MiB: past it, the broker empties
+    /// the directory before it starts the next worker of that scope.
+    pub shader_cache_max_mib: u64,
+}
+
+/// Which clients share a Mesa shader cache. A cache entry is machine code
+/// that later workers of the same scope execute, so a client can poison
+/// only the cache of its own scope.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ShaderCacheScope {
+    /// Every client of the listener (one listener per tenant): its pool
+    /// workers start with the cache warm.
+    #[default]
+    Listener,
+    /// Every client uid of the listener on its own (no pre-started workers:
+    /// the uid is known only once a client connects).
+    Uid,
+    /// No on-disk cache: every worker compiles every shader.
+    Off,
 }
 
 /// Per-client limits, enforced by each worker.
@@ -115,9 +141,17 @@ pub struct ListenerConfig {
     pub limits: String,
     pub backend: Backend,
     pub render_node: Option<PathBuf>,
-    /// Workers kept started, initialised and sandboxed, waiting for a client.
+    /// Workers kept started, initialised and sandboxed, waiting for a
+    /// client, at the least: the pool grows with the arrival rate up to
+    /// `pool_max`.
     pub pool: u32,
-    /// Opt-in Mesa shader cache (one subdirectory per client uid).
+    /// The most workers the pool keeps started when clients arrive fast.
+    pub pool_max: u32,
+    /// Who shares a shader cache: the listener's clients (the default),
+    /// each of its client uids, or nobody (`off`).
+    pub shader_cache: ShaderCacheScope,
+    /// This listener's cache directory, instead of
+    /// `<server.shader_cache_dir>/<name>`.
     pub shader_cache_dir: Option<PathBuf>,
     /// Worker sandbox; `false` is for debugging only.
     pub sandbox: bool,
@@ -141,6 +175,8 @@ impl Default for ServerConfig {
             worker_memory_mib: 8192,
             worker_open_files: 1024,
             worker_pids: 256,
+            shader_cache_dir: default_shader_cache_dir(),
+            shader_cache_max_mib: 512,
         }
     }
 }
@@ -173,6 +209,8 @@ impl Default for ListenerConfig {
             backend: Backend::Surfaceless,
             render_node: None,
             pool: 2,
+            pool_max: 8,
+            shader_cache: ShaderCacheScope::Listener,
             shader_cache_dir: None,
             sandbox: true,
             sandbox_allow_missing: Vec::new(),
@@ -204,6 +242,70 @@ pub fn check_shader_cache_dir(dir: &Path) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+impl std::str::FromStr for ShaderCacheScope {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "listener" => Ok(ShaderCacheScope::Listener),
+            "uid" => Ok(ShaderCacheScope::Uid),
+            "off" => Ok(ShaderCacheScope::Off),
+            _ => Err(format!("{s:?}: one of listener, uid, off")),
+        }
+    }
+}
+
+/// The default root of the shader caches (see `ServerConfig::shader_cache_dir`).
+pub fn default_shader_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CACHE_DIRECTORY") {
+        // systemd's CacheDirectory=; several are separated by ':'.
+        let dir = PathBuf::from(dir);
+        if let Some(first) = dir.to_str().and_then(|d| d.split(':').next()) {
+            return PathBuf::from(first);
+        }
+        return dir;
+    }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/cache/vtestd");
+    }
+    match (std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME")) {
+        (Some(dir), _) if Path::new(&dir).is_absolute() => Path::new(&dir).join("vtestd"),
+        (_, Some(home)) => Path::new(&home).join(".cache/vtestd"),
+        _ => PathBuf::from("/var/cache/vtestd"),
+    }
+}
+
+/// Whether `name` can be a directory name under the cache root.
+fn is_path_component(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+impl ListenerConfig {
+    /// The directory of this listener's shader cache (below it, `uid-N`
+    /// per client uid where the scope is `uid`); `None` when it is off.
+    pub fn shader_cache_base(&self, server: &ServerConfig) -> Option<PathBuf> {
+        match self.shader_cache {
+            ShaderCacheScope::Off => None,
+            _ => Some(
+                self.shader_cache_dir
+                    .clone()
+                    .unwrap_or_else(|| server.shader_cache_dir.join(&self.name)),
+            ),
+        }
+    }
+
+    /// Whether this listener's workers can be started before their client
+    /// (and its uid) is known.
+    pub fn has_pool(&self) -> bool {
+        self.pool > 0 && self.shader_cache != ShaderCacheScope::Uid
+    }
 }
 
 pub fn default_admin_socket() -> PathBuf {
@@ -272,11 +374,21 @@ impl Config {
             if let Some(mode) = &l.mode {
                 parse_mode(mode).map_err(|e| format!("listener {:?}: {e}", l.name))?;
             }
-            if l.pool > 64 {
-                return Err(format!("listener {:?}: pool {} > 64", l.name, l.pool));
+            if l.pool > 64 || l.pool_max > 64 || l.pool_max < l.pool {
+                return Err(format!(
+                    "listener {:?}: pool {} and pool_max {} must satisfy pool <= pool_max <= 64",
+                    l.name, l.pool, l.pool_max
+                ));
             }
             if let Some(dir) = &l.shader_cache_dir {
                 check_shader_cache_dir(dir).map_err(|e| format!("listener {:?}: {e}", l.name))?;
+            } else if l.shader_cache != ShaderCacheScope::Off && !is_path_component(&l.name) {
+                return Err(format!(
+                    "listener {:?}: its shader cache directory is named after it, so the name \
+                     must be letters, digits, '-', '_' or '.' (not first), at most 64; or set \
+                     its shader_cache_dir, or shader_cache = \"off\"",
+                    l.name
+                ));
             }
             for layer in &l.sandbox_allow_missing {
                 let optional = [
@@ -296,6 +408,14 @@ impl Config {
                     ));
                 }
             }
+        }
+        let caching = self
+            .listeners
+            .iter()
+            .any(|l| l.shader_cache != ShaderCacheScope::Off && l.shader_cache_dir.is_none());
+        if caching {
+            check_shader_cache_dir(&self.server.shader_cache_dir)
+                .map_err(|e| format!("[server] {e}"))?;
         }
         if self.server.max_clients == 0 || self.server.max_clients_per_uid == 0 {
             return Err("max_clients and max_clients_per_uid must be at least 1".into());

@@ -19,6 +19,7 @@ mod error;
 mod listener;
 mod notify;
 mod procfs;
+pub mod shader_cache;
 mod spawn;
 pub mod status;
 mod workers;

@@ -2,11 +2,12 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
+
+use crate::shader_cache::{self, ShaderCache};
 
 /// Environment variables passed through to workers (Mesa and logging knobs);
 /// everything else is dropped.
@@ -22,16 +23,6 @@ const PASSED_PREFIXES: &[&str] = &[
     "LD_LIBRARY_PATH",
 ];
 
-/// Mesa's variables that point its disk caches at a directory.
-const SHADER_CACHE_VARS: &[&str] = &[
-    "MESA_SHADER_CACHE_DIR",
-    "MESA_GLSL_CACHE_DIR",
-    "MESA_SHADER_CACHE_MAX_SIZE",
-    "MESA_DISK_CACHE_SINGLE_FILE",
-    "MESA_DISK_CACHE_MULTI_FILE",
-    "MESA_DISK_CACHE_DATABASE",
-];
-
 /// How to start a worker process.
 #[derive(Debug, Clone)]
 pub struct WorkerCommand {
@@ -39,10 +30,9 @@ pub struct WorkerCommand {
     pub program: PathBuf,
     /// Arguments, e.g. `["worker", "--use-gles"]`.
     pub args: Vec<OsString>,
-    /// Mesa's on-disk shader cache, opted in: each client uid gets its own
-    /// subdirectory, so tenants with different uids never share entries.
-    /// `None` (the default) disables the cache.
-    pub shader_cache_dir: Option<PathBuf>,
+    /// Mesa's on-disk shader cache of the listener (per client uid where
+    /// its scope says so); `None` disables it.
+    pub shader_cache: Option<ShaderCache>,
 }
 
 impl WorkerCommand {
@@ -69,18 +59,13 @@ impl WorkerCommand {
                 cmd.env(&key, &value);
             }
         }
-        let cache_dir = match &self.shader_cache_dir {
-            Some(base) => {
-                let dir = base.join(format!("uid-{client_uid}"));
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(&dir)?;
-                Some(dir)
-            }
-            None => None,
-        };
-        for (var, value) in shader_cache_env(cache_dir) {
+        // A cache that cannot be prepared costs speed, not service.
+        let cache_dir = self
+            .shader_cache
+            .as_ref()
+            .and_then(|cache| cache.prepare_or_warn(client_uid));
+        let max_bytes = self.shader_cache.as_ref().map_or(0, |c| c.max_bytes);
+        for (var, value) in shader_cache::worker_env(cache_dir.as_deref(), max_bytes) {
             match value {
                 Some(v) => cmd.env(var, v),
                 None => cmd.env_remove(var),
@@ -115,27 +100,6 @@ fn passed_to_workers(key: &OsStr, value: &OsStr) -> bool {
     // A server started from a client's shell must not render through itself.
     let loops = name == "GALLIUM_DRIVER" && value == "virpipe";
     passed && !loops
-}
-
-/// Mesa's on-disk shader cache is state shared between the processes that
-/// use it: off unless opted in, and then in the client uid's own directory
-/// `dir`. What to set (`Some`) and remove (`None`), in order, whatever the
-/// broker's own environment says (a cache directory there would be shared
-/// by every client, and bound writable into each worker's sandbox).
-fn shader_cache_env(dir: Option<PathBuf>) -> Vec<(&'static str, Option<OsString>)> {
-    let mut env: Vec<(&'static str, Option<OsString>)> =
-        SHADER_CACHE_VARS.iter().map(|var| (*var, None)).collect();
-    match dir {
-        Some(dir) => {
-            env.push(("MESA_SHADER_CACHE_DISABLE", None));
-            env.push(("MESA_SHADER_CACHE_DIR", Some(dir.into_os_string())));
-            // One file, opened while the worker initialises (files cannot
-            // be opened once it serves): Mesa 22.3 and 25 both have this mode.
-            env.push(("MESA_DISK_CACHE_SINGLE_FILE", Some("1".into())));
-        }
-        None => env.push(("MESA_SHADER_CACHE_DISABLE", Some("true".into()))),
-    }
-    env
 }
 
 #[cfg(test)]
@@ -191,36 +155,5 @@ mod tests {
     fn test_hooks_pass_only_in_a_test_hooks_build() {
         let hooks = passed("VTESTD_TEST_FAKE_HANG", "1");
         assert_eq!(hooks, cfg!(feature = "test-hooks"));
-    }
-
-    #[test]
-    fn the_shader_cache_is_off_unless_a_directory_is_given() {
-        let off = shader_cache_env(None);
-        assert!(SHADER_CACHE_VARS.iter().all(|v| off.contains(&(*v, None))));
-        assert_eq!(
-            off.last(),
-            Some(&("MESA_SHADER_CACHE_DISABLE", Some("true".into())))
-        );
-        let on = shader_cache_env(Some(PathBuf::from("/var/cache/vtestd/uid-1000")));
-        let set: Vec<_> = on.iter().filter(|(_, v)| v.is_some()).collect();
-        assert_eq!(
-            set,
-            [
-                &(
-                    "MESA_SHADER_CACHE_DIR",
-                    Some("/var/cache/vtestd/uid-1000".into())
-                ),
-                &("MESA_DISK_CACHE_SINGLE_FILE", Some("1".into())),
-            ]
-        );
-        assert!(on.contains(&("MESA_SHADER_CACHE_DISABLE", None)));
-        // Removed before set: the broker's own MESA_SHADER_CACHE_DIR never wins.
-        let removed = on
-            .iter()
-            .position(|e| e == &("MESA_SHADER_CACHE_DIR", None));
-        let set = on
-            .iter()
-            .position(|(k, v)| *k == "MESA_SHADER_CACHE_DIR" && v.is_some());
-        assert!(removed < set);
     }
 }

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use vtest_broker::config::ShaderCacheScope;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -172,14 +173,22 @@ pub struct ServeArgs {
     /// Serve one client (in its own worker), then exit.
     #[arg(long)]
     pub no_loop_or_fork: bool,
-    /// Opt in to Mesa's on-disk shader cache, one subdirectory per client
-    /// uid under DIR (off by default: the cache is state shared between
-    /// the clients that use it).
+    /// Who shares a Mesa shader cache on the first listener: all its
+    /// clients (`listener`, the default), each client uid (`uid`), nobody
+    /// (`off`). A client can poison only its own scope's cache.
+    #[arg(long, value_name = "SCOPE")]
+    pub shader_cache: Option<ShaderCacheScope>,
+    /// The first listener's shader cache directory (default: the
+    /// listener's directory under `[server] shader_cache_dir`).
     #[arg(long, value_name = "DIR")]
     pub shader_cache_dir: Option<PathBuf>,
-    /// Workers kept started and initialised for the first listener.
+    /// Workers kept started and initialised for the first listener, at
+    /// the least (the pool grows with demand up to `--pool-max`).
     #[arg(long, value_name = "N")]
     pub pool: Option<u32>,
+    /// The most workers the first listener's pool keeps started.
+    #[arg(long, value_name = "N")]
+    pub pool_max: Option<u32>,
     /// The admin socket for `vtestd status`.
     #[arg(long, value_name = "PATH")]
     pub admin_socket: Option<PathBuf>,

@@ -13,6 +13,8 @@ fn overrides(args: &ServeArgs) -> impl Fn(&mut Config) {
     let renderer = args.renderer.clone();
     let cache = args.shader_cache_dir.clone();
     let pool = args.pool;
+    let pool_max = args.pool_max;
+    let scope = args.shader_cache;
     let admin = args.admin_socket.clone();
     move |config: &mut Config| {
         if let Some(a) = &admin {
@@ -41,8 +43,16 @@ fn overrides(args: &ServeArgs) -> impl Fn(&mut Config) {
         if let Some(dir) = &cache {
             l.shader_cache_dir = Some(dir.clone());
         }
+        if let Some(scope) = scope {
+            l.shader_cache = scope;
+        }
         if let Some(n) = pool {
             l.pool = n;
+            l.pool_max = l.pool_max.max(n);
+        }
+        if let Some(n) = pool_max {
+            l.pool_max = n;
+            l.pool = l.pool.min(n);
         }
     }
 }

@@ -167,9 +167,24 @@ impl Broker {
         let Some(li) = self.listeners.named(&w.client.listener) else {
             return self.refuse("listener removed", &w.client);
         };
+        if let Some(l) = self.listeners.get_mut(li) {
+            l.demand.arrived(Instant::now());
+        }
+        // A ready pool worker; else the one closest to ready; else a new one.
         let from_pool = self.workers.take_ready(&w.client.listener);
-        let started = || self.spawn(li, Role::Pool { ready: false }, w.client.uid);
-        let Some(id) = from_pool.or_else(started) else {
+        let id = match from_pool {
+            Some(id) => Some(id),
+            None => {
+                self.counters.clients_waited_for_start += 1;
+                let uid = w.client.uid;
+                let shared = self.listeners.get(li).is_some_and(|l| l.config.has_pool());
+                let starting = shared
+                    .then(|| self.workers.take_starting(&w.client.listener))
+                    .flatten();
+                starting.or_else(|| self.spawn(li, Role::Pool { ready: false }, uid))
+            }
+        };
+        let Some(id) = id else {
             return self.refuse("no worker could be started", &w.client);
         };
         if let Err(e) = w.stream.set_nonblocking(false) {

@@ -70,23 +70,34 @@ impl Broker {
             let Some(config) = self.listeners.get(li).map(|l| &l.config) else {
                 continue;
             };
-            if config.pool == 0 || config.shader_cache_dir.is_some() {
+            if !config.has_pool() {
                 self.workers.end_pool(Some(&name), "start-up probe done");
             }
         }
         Ok(())
     }
 
-    /// Keeps each listener's pool at its size.
+    /// Keeps each listener's pool at its size: its floor (`pool`), plus
+    /// the clients expected during one start-up at the recent arrival rate,
+    /// at most `pool_max`; no more workers start at once than there are
+    /// cores (beyond that they only slow each other down).
     pub(super) fn replenish_pools(&mut self) {
+        for (listener, took) in self.workers.take_start_times() {
+            if let Some(l) = self.listeners.named(&listener) {
+                if let Some(l) = self.listeners.get_mut(l) {
+                    l.demand.started(took);
+                }
+            }
+        }
         if self.stop.is_some() {
             return;
         }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
         for li in self.listeners.ids() {
             let Some(l) = self.listeners.get_mut(li) else {
                 continue;
             };
-            if l.socket.is_none() || l.config.shader_cache_dir.is_some() {
+            if l.socket.is_none() || !l.config.has_pool() {
                 continue;
             }
             if let Some(until) = l.backoff_until {
@@ -95,9 +106,15 @@ impl Broker {
                 }
                 l.backoff_until = None;
             }
-            let target = l.config.pool;
+            let target = l
+                .demand
+                .target(Instant::now(), l.config.pool, l.config.pool_max);
             let (ready, starting) = self.workers.pool_counts(&l.config.name);
-            for _ in (ready + starting)..target {
+            let room = cores.saturating_sub(self.workers.starting());
+            // The floor always starts (as before); growth waits for a core.
+            let wanted = target.saturating_sub(ready + starting);
+            let floor_missing = l.config.pool.saturating_sub(ready + starting);
+            for _ in 0..wanted.min(room.max(floor_missing)) {
                 if self.spawn(li, Role::Pool { ready: false }, 0).is_none() {
                     self.back_off(li);
                     break;

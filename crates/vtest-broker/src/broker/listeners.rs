@@ -8,11 +8,13 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::Instant;
 
-use crate::config::{Backend, LimitsProfile, ListenerConfig, ServerConfig};
+use crate::config::{Backend, LimitsProfile, ListenerConfig, ServerConfig, ShaderCacheScope};
 use crate::listener::Listener;
+use crate::shader_cache::ShaderCache;
 use crate::WorkerCommand;
 
 use super::accept_pause::AcceptPause;
+use super::demand::Demand;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct ListenerId(u64);
@@ -26,6 +28,8 @@ pub(super) struct ListenerState {
     /// No pool worker starts before this (one failed to start).
     pub(super) backoff_until: Option<Instant>,
     pub(super) accept: AcceptPause,
+    /// Arrivals and start-up times, which size the pool.
+    pub(super) demand: Demand,
 }
 
 /// The listeners in the order they were added.
@@ -137,7 +141,10 @@ pub(super) fn worker_command(
     WorkerCommand {
         program: program.to_owned(),
         args,
-        shader_cache_dir: l.shader_cache_dir.clone(),
+        shader_cache: l.shader_cache_base(server).map(|base| {
+            let per_uid = l.shader_cache == ShaderCacheScope::Uid;
+            ShaderCache::new(base, per_uid, server.shader_cache_max_mib << 20)
+        }),
     }
 }
 

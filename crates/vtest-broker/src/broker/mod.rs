@@ -7,6 +7,7 @@
 mod accept_pause;
 mod admin_socket;
 mod admission;
+mod demand;
 mod events;
 mod fd_limit;
 mod lifecycle;

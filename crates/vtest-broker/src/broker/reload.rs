@@ -80,7 +80,7 @@ impl Broker {
             };
             info!(listener = %lc.name, socket = %socket.path().display(), backend = ?lc.backend,
                   pool = lc.pool, sandbox = lc.sandbox, "listening");
-            if lc.shader_cache_dir.is_some() && lc.pool > 0 {
+            if lc.shader_cache == crate::config::ShaderCacheScope::Uid && lc.pool > 0 {
                 info!(listener = %lc.name,
                       "no pre-started workers: the shader cache is per client uid");
             }
@@ -91,6 +91,7 @@ impl Broker {
                 limits,
                 backoff_until: None,
                 accept: AcceptPause::default(),
+                demand: Default::default(),
             });
         }
         Ok(())

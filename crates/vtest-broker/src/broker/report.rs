@@ -52,7 +52,13 @@ impl Broker {
                     name: name.clone(),
                     path: l.config.path.display().to_string(),
                     backend: format!("{:?}", l.config.backend).to_lowercase(),
-                    pool_target: l.config.pool,
+                    pool_target: if l.config.has_pool() {
+                        l.demand.target(now, l.config.pool, l.config.pool_max)
+                    } else {
+                        0
+                    },
+                    arrivals_per_sec: l.demand.rate(now),
+                    startup_ms: l.demand.startup().map(|d| d.as_millis() as u64),
                     pool_ready: ready,
                     pool_starting: starting,
                     clients: self.workers.serving_count(name),

@@ -68,6 +68,12 @@ impl Collector for Snapshot {
         )?;
         one(
             &mut e,
+            "clients_waited_for_start",
+            "Clients that waited for a worker to start (the pool did not keep up).",
+            ConstCounter::new(c.clients_waited_for_start),
+        )?;
+        one(
+            &mut e,
             "workers_started",
             "Worker processes started.",
             ConstCounter::new(c.workers_started),
@@ -164,6 +170,9 @@ mod tests {
             "# HELP vtestd_clients_closed_before_first_byte_total Connections that closed without sending anything.\n",
             "# TYPE vtestd_clients_closed_before_first_byte_total counter\n",
             "vtestd_clients_closed_before_first_byte_total 1\n",
+            "# HELP vtestd_clients_waited_for_start_total Clients that waited for a worker to start (the pool did not keep up).\n",
+            "# TYPE vtestd_clients_waited_for_start_total counter\n",
+            "vtestd_clients_waited_for_start_total 0\n",
             "# HELP vtestd_workers_started_total Worker processes started.\n",
             "# TYPE vtestd_workers_started_total counter\n",
             "vtestd_workers_started_total 7\n",

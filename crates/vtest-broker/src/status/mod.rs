@@ -35,7 +35,15 @@ pub struct ListenerStatus {
     pub name: String,
     pub path: String,
     pub backend: String,
+    /// Workers the pool keeps started now (its floor, more while clients
+    /// arrive fast).
     pub pool_target: u32,
+    /// Clients per second over the last 10 s.
+    #[serde(default)]
+    pub arrivals_per_sec: f64,
+    /// Average start-up of this listener's workers (spawn to Ready).
+    #[serde(default)]
+    pub startup_ms: Option<u64>,
     pub pool_ready: u32,
     pub pool_starting: u32,
     pub clients: u32,
@@ -81,6 +89,10 @@ pub struct Counters {
     /// Connections closed before their first byte (never cost a worker).
     pub closed_before_first_byte: u64,
     pub workers_started: u64,
+    /// Clients that found no initialised worker and waited for one to
+    /// start (the pool did not keep up).
+    #[serde(default)]
+    pub clients_waited_for_start: u64,
     /// Worker ends by category.
     pub worker_exits: ExitCounts,
 }
@@ -124,6 +136,8 @@ pub(crate) mod tests {
                 path: "/run/vtestd/vtest.sock".into(),
                 backend: "surfaceless".into(),
                 pool_target: 2,
+                arrivals_per_sec: 0.5,
+                startup_ms: Some(44),
                 pool_ready: 1,
                 pool_starting: 1,
                 clients: 1,
@@ -176,7 +190,8 @@ pub(crate) mod tests {
             concat!(
                 r#"{{"version":"0.1.0","pid":42,"uptime_secs":9,"#,
                 r#""listeners":[{{"name":"gpu \"0\"\\\nx","path":"/run/vtestd/vtest.sock","#,
-                r#""backend":"surfaceless","pool_target":2,"pool_ready":1,"pool_starting":1,"#,
+                r#""backend":"surfaceless","pool_target":2,"arrivals_per_sec":0.5,"startup_ms":44,"#,
+                r#""pool_ready":1,"pool_starting":1,"#,
                 r#""clients":1,"waiting":0}}],"#,
                 r#""clients":[{{"client_id":3,"listener":"default","peer_pid":100,"uid":1000,"#,
                 r#""gid":1000,"state":"serving","worker_pid":200,"connected_secs":1.5,"#,
@@ -186,7 +201,7 @@ pub(crate) mod tests {
                 r#""reason":"protocol error: seccomp violation: socket (41); worker killed by SIGSYS","#,
                 r#""secs_ago":0.5,"stats":{stats0}}}],"#,
                 r#""counters":{{"clients_accepted":5,"clients_refused":{{"peer not allowed":3}},"#,
-                r#""closed_before_first_byte":1,"workers_started":7,"#,
+                r#""closed_before_first_byte":1,"workers_started":7,"clients_waited_for_start":0,"#,
                 r#""worker_exits":{{"clean":2,"protocol_error":1}}}},"#,
                 r#""memory_limits":"per-worker cgroup: memory.max 512 MiB, pids.max 64"}}"#
             ),

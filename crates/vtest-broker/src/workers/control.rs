@@ -75,6 +75,11 @@ impl Workers {
                     });
                 }
                 Ok(Some((msg, _fds))) => {
+                    if matches!(msg, WorkerMsg::Ready { .. }) && !worker.reported_ready {
+                        worker.reported_ready = true;
+                        let took = worker.spawned_at.elapsed();
+                        self.start_times.push((worker.listener.clone(), took));
+                    }
                     if worker.record(msg) {
                         self.ready
                             .entry(worker.listener.clone())

@@ -10,7 +10,7 @@ mod log_relay;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -51,6 +51,9 @@ pub(crate) struct Worker {
     messages: MessageWindow,
     /// The read end of the worker's stderr; `None` after EOF.
     log: Option<WorkerLog>,
+    spawned_at: Instant,
+    /// Whether it has said Ready (whatever its role by then).
+    reported_ready: bool,
 }
 
 impl Worker {
@@ -74,6 +77,8 @@ impl Worker {
             cgroup: None,
             messages: MessageWindow::new(now),
             log: log.map(|fd| WorkerLog::new(fd, now)),
+            spawned_at: now,
+            reported_ready: false,
         }
     }
 
@@ -89,6 +94,9 @@ pub(crate) struct Workers {
     by_pid: HashMap<u32, WorkerId>,
     /// Pool workers that reported Ready, per listener, oldest first.
     ready: HashMap<String, VecDeque<WorkerId>>,
+    /// How long workers took from spawn to Ready, per listener, since the
+    /// broker last asked ([`Workers::take_start_times`]).
+    start_times: Vec<(String, Duration)>,
     next_id: u64,
 }
 
@@ -213,6 +221,33 @@ impl Workers {
             }
         }
         None
+    }
+
+    /// Takes the oldest pool worker of `listener` that is still starting:
+    /// its client waits less than for a worker started now.
+    pub(crate) fn take_starting(&mut self, listener: &str) -> Option<WorkerId> {
+        self.by_id
+            .iter()
+            .find(|(_, w)| {
+                w.listener == listener
+                    && w.channel.is_some()
+                    && w.killed_for.is_none()
+                    && matches!(w.role, Role::Pool { ready: false })
+            })
+            .map(|(id, _)| *id)
+    }
+
+    /// Start-up times measured since the last call, oldest first.
+    pub(crate) fn take_start_times(&mut self) -> Vec<(String, Duration)> {
+        std::mem::take(&mut self.start_times)
+    }
+
+    /// Workers of every listener still starting.
+    pub(crate) fn starting(&self) -> u32 {
+        self.by_id
+            .values()
+            .filter(|w| !w.reported_ready && w.channel.is_some())
+            .count() as u32
     }
 
     /// Ends worker `id` with `signal` on the broker's behalf; its end is
