@@ -108,7 +108,8 @@ fn sandbox_off_is_loud_and_unconfined() {
 }
 
 /// A cache directory in the broker's environment is not handed to workers
-/// (it would be one writable directory shared by every client), and each
+/// (it would be one writable directory shared by every client): they get
+/// their listener's, or none with `--shader-cache=off`; and each
 /// worker's RLIMIT_FSIZE bounds its memfds at the listener's largest
 /// resource (`max_resource_mib` + 1 MiB).
 #[test]
@@ -133,10 +134,24 @@ fn workers_get_no_shared_cache_directory_and_bounded_files() {
     let worker = common::procs::children(reaper)[0];
     let environ = fs::read(format!("/proc/{worker}/environ")).unwrap();
     let environ = String::from_utf8_lossy(&environ);
-    assert!(!environ.contains("MESA_SHADER_CACHE_DIR"), "{environ}");
     assert!(
-        environ.contains("MESA_SHADER_CACHE_DISABLE=true"),
+        !environ.contains(&format!("MESA_SHADER_CACHE_DIR={cache_s}\0")),
         "{environ}"
+    );
+    assert!(environ.contains("MESA_SHADER_CACHE_DIR="), "{environ}");
+    let off = Server::start_with_env(
+        ServerKind::Vtestd,
+        &["--shader-cache=off"],
+        &[("MESA_SHADER_CACHE_DIR", cache_s.as_str())],
+    );
+    let (_off_client, off_reaper) = connected(&off);
+    let off_worker = common::procs::children(off_reaper)[0];
+    let off_env = fs::read(format!("/proc/{off_worker}/environ")).unwrap();
+    let off_env = String::from_utf8_lossy(&off_env);
+    assert!(!off_env.contains("MESA_SHADER_CACHE_DIR"), "{off_env}");
+    assert!(
+        off_env.contains("MESA_SHADER_CACHE_DISABLE=true"),
+        "{off_env}"
     );
     let limits = fs::read_to_string(format!("/proc/{worker}/limits")).unwrap();
     let fsize = limits

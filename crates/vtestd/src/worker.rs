@@ -3,6 +3,7 @@
 //! The control channel is the worker's stdin (see `vtest_broker::WorkerCommand`).
 
 mod backend;
+mod startup;
 
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -102,6 +103,7 @@ pub fn run(args: WorkerArgs) -> ExitCode {
             }
         }
     }
+    let mut phases = startup::Phases::start();
     let rlimits = args.rlimits();
     #[cfg(feature = "test-hooks")]
     let rlimits = test_hooks::rlimits(rlimits);
@@ -109,10 +111,12 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         Ok(profile) => profile,
         Err(e) => return init_failed(&channel, "sandbox", e),
     };
+    phases.end("sandbox");
     let mut renderer = match Renderer::new(&args.renderer.options()) {
         Ok(r) => r,
         Err(e) => return init_failed(&channel, "renderer", e.to_string()),
     };
+    phases.end("renderer");
     // A throwaway context while files may still be opened: what a client's
     // first CONTEXT_CREATE loads lazily (libepoxy's GLES library, Mesa's
     // per-context configuration) is loaded now.
@@ -120,11 +124,13 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         return init_failed(&channel, "renderer context", e.to_string());
     }
     renderer.context_destroy(PROBE_CTX_ID);
+    phases.end("warm-up context");
     let profile = profile.map(|p| sandbox::steady_profile(p, renderer.gl_renderer()));
     if let Some(profile) = profile {
         if let Err(e) = vtest_sandbox::lock_down(profile) {
             return init_failed(&channel, "seccomp steady state", e.to_string());
         }
+        phases.end("steady filter");
         // And one under the steady filter, before Ready: a configuration
         // the sandbox cannot serve fails here, at the broker's start-up
         // probe, instead of at every client.
@@ -132,7 +138,9 @@ pub fn run(args: WorkerArgs) -> ExitCode {
             return init_failed(&channel, "renderer context", e.to_string());
         }
         renderer.context_destroy(PROBE_CTX_ID);
+        phases.end("check context");
     }
+    phases.log();
     let _ = channel.send(
         &WorkerMsg::Ready {
             pid: std::process::id(),

@@ -56,10 +56,11 @@ impl Demand {
     }
 
     /// Workers to keep started (ready or starting): `floor`, plus the
-    /// clients expected during one start-up, at most `cap`.
+    /// clients expected during one start-up (rounded: an occasional client
+    /// is what the floor is for), at most `cap`.
     pub(super) fn target(&self, now: Instant, floor: u32, cap: u32) -> u32 {
         let during_startup = self.rate(now) * self.startup_secs.unwrap_or(0.0);
-        let extra = during_startup.ceil().min(f64::from(u32::MAX)) as u32;
+        let extra = during_startup.round().min(f64::from(u32::MAX)) as u32;
         floor.saturating_add(extra).min(cap.max(floor))
     }
 
@@ -85,6 +86,9 @@ mod tests {
         d.started(Duration::from_millis(100));
         assert_eq!(d.target(now, 2, 8), 2);
         assert_eq!(d.target(now, 0, 8), 0);
+        // An occasional client is what the floor covers.
+        d.arrived(now);
+        assert_eq!(d.target(now, 2, 8), 2);
     }
 
     #[test]
