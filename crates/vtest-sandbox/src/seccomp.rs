@@ -104,6 +104,31 @@ pub(crate) fn install_reaper() -> Result<(), SandboxError> {
 mod tests {
     use super::*;
 
+    /// The README's table of allowlist sizes, as the policies make it.
+    fn readme_counts_table() -> String {
+        let mut t = String::from("| | init | steady state |\n|---|---|---|\n");
+        for (name, profile) in [("llvmpipe", Profile::Llvmpipe), ("GPU", Profile::Gpu)] {
+            let init = allowed_syscalls(profile, Phase::Init).len();
+            let steady = allowed_syscalls(profile, Phase::Steady).len();
+            t += &format!("| distinct syscalls allowed, {name} profile | {init} | {steady} |\n");
+        }
+        t
+    }
+
+    /// README figures are generated, not copied: this fails when the
+    /// policies changed and the README did not, printing the block to paste.
+    #[test]
+    fn readme_counts_are_the_policies() {
+        let readme = include_str!("../../../README.md");
+        let begin = "<!-- generated: the allowlists compiled from policies/";
+        let start = readme.find(begin).expect("generated block in README.md");
+        let body = &readme[start..];
+        let body = &body[body.find('\n').unwrap() + 1..];
+        let table = &body[..body.find("<!-- end generated -->").unwrap()];
+        let expected = readme_counts_table();
+        assert_eq!(table, expected, "README.md's block must read:\n{expected}");
+    }
+
     #[test]
     fn allowlists_are_small_and_steady_is_tighter() {
         for profile in [Profile::Llvmpipe, Profile::Gpu] {
