@@ -14,14 +14,7 @@
 //! unit and null-backend test and lists the system suites as ignored with the
 //! reason; `./scripts/test.sh` (root, everything installed) runs them all.
 
-use std::path::Path;
-
-const LIB_DIRS: &[&str] = &[
-    "/usr/lib/x86_64-linux-gnu",
-    "/usr/lib/aarch64-linux-gnu",
-    "/usr/lib64",
-    "/usr/lib",
-];
+include!("system_probe.rs");
 
 fn main() {
     for cfg in [
@@ -33,6 +26,7 @@ fn main() {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
     }
     println!("cargo::rerun-if-changed=build.rs");
+    println!("cargo::rerun-if-changed=system_probe.rs");
     println!("cargo::rerun-if-env-changed=PATH");
 
     let mut missing = Vec::new();
@@ -42,15 +36,10 @@ fn main() {
         missing.push("root");
     }
 
-    let egl = find_lib("libEGL_mesa.so.0");
-    let dri = LIB_DIRS
-        .iter()
-        .map(|d| Path::new(d).join("dri/swrast_dri.so"))
-        .find(|p| p.exists())
-        .or_else(find_gallium);
-    match (egl, dri) {
-        (Some(_), Some(_)) => println!("cargo::rustc-cfg=vtestd_mesa"),
-        _ => missing.push("Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"),
+    if has_mesa() {
+        println!("cargo::rustc-cfg=vtestd_mesa");
+    } else {
+        missing.push("Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)");
     }
 
     let programs = ["glxinfo", "glmark2", "piglit", "Xvfb", "virgl_test_server"];
@@ -89,40 +78,4 @@ fn main() {
             missing.join(", ")
         );
     }
-}
-
-/// The effective uid, from `/proc/self/status` (`Uid: real effective ...`).
-fn effective_uid() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
-}
-
-fn find_lib(name: &str) -> Option<std::path::PathBuf> {
-    for dir in LIB_DIRS {
-        let path = Path::new(dir).join(name);
-        println!("cargo::rerun-if-changed={}", path.display());
-        if path.exists() {
-            return Some(path);
-        }
-    }
-    None
-}
-
-/// Mesa 25 builds its drivers into one `libgallium-<version>.so`.
-fn find_gallium() -> Option<std::path::PathBuf> {
-    LIB_DIRS.iter().find_map(|dir| {
-        std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            (name.starts_with("libgallium-") && name.ends_with(".so")).then(|| e.path())
-        })
-    })
-}
-
-fn find_program(name: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.exists())
 }

@@ -391,6 +391,10 @@ fn blobs(r: &mut Renderer) {
 }
 
 #[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
 fn real_virglrenderer_sequence() {
     let opts = RendererOptions {
         surfaceless: true,
