@@ -119,7 +119,7 @@ mod tests {
 
     #[test]
     fn trailing_bytes_are_rejected() {
-        let mut bytes = encode(&BrokerMsg::Shutdown).unwrap();
+        let mut bytes = encode(&BrokerMsg::CgroupJoined).unwrap();
         bytes.extend_from_slice(&[0, 0]);
         assert!(matches!(
             decode::<BrokerMsg>(&bytes),

@@ -9,8 +9,6 @@ use serde::{Deserialize, Serialize};
 pub enum BrokerMsg {
     /// Carries exactly one fd: the accepted client socket.
     Attach { client: ClientInfo, limits: Limits },
-    /// Finish the current client (if any) and exit.
-    Shutdown,
     /// The worker is in its cgroup: it may confine itself now (the sandbox
     /// forks its PID-namespace child, which must start inside the cgroup).
     /// Sent only to workers started with `--wait-for-cgroup`.

@@ -122,9 +122,9 @@ fn every_broker_msg_round_trips() {
     );
     assert_eq!(fds.len(), 1);
 
-    broker.send(&BrokerMsg::Shutdown, &[]).unwrap();
+    broker.send(&BrokerMsg::CgroupJoined, &[]).unwrap();
     let (got, fds) = worker.recv::<BrokerMsg>().unwrap();
-    assert_eq!(got, BrokerMsg::Shutdown);
+    assert_eq!(got, BrokerMsg::CgroupJoined);
     assert!(fds.is_empty());
 }
 
@@ -188,8 +188,8 @@ fn garbage_packet_is_decode_error_and_channel_stays_usable() {
         Err(ControlError::Decode(_))
     ));
     // The bad packets were consumed whole.
-    a.send(&BrokerMsg::Shutdown, &[]).unwrap();
-    assert_eq!(b.recv::<BrokerMsg>().unwrap().0, BrokerMsg::Shutdown);
+    a.send(&BrokerMsg::CgroupJoined, &[]).unwrap();
+    assert_eq!(b.recv::<BrokerMsg>().unwrap().0, BrokerMsg::CgroupJoined);
 }
 
 #[test]
@@ -228,7 +228,7 @@ fn dropped_peer_is_disconnected() {
         Err(ControlError::Disconnected)
     ));
     assert!(matches!(
-        b.send(&BrokerMsg::Shutdown, &[]),
+        b.send(&BrokerMsg::CgroupJoined, &[]),
         Err(ControlError::Disconnected)
     ));
 }
@@ -265,7 +265,7 @@ fn try_recv_is_none_when_empty_and_drains_in_order() {
 fn send_rejects_more_than_max_fds() {
     let (a, b) = Channel::pair().unwrap();
     let fds = open_fds(MAX_FDS + 1);
-    match a.send(&BrokerMsg::Shutdown, &borrow_all(&fds)) {
+    match a.send(&BrokerMsg::CgroupJoined, &borrow_all(&fds)) {
         Err(ControlError::TooManyFds { got, max }) => {
             assert_eq!((got, max), (MAX_FDS + 1, MAX_FDS));
         }
@@ -275,7 +275,7 @@ fn send_rejects_more_than_max_fds() {
     assert!(b.try_recv::<BrokerMsg>().unwrap().is_none());
 
     // MAX_FDS itself is fine.
-    a.send(&BrokerMsg::Shutdown, &borrow_all(&fds[..MAX_FDS]))
+    a.send(&BrokerMsg::CgroupJoined, &borrow_all(&fds[..MAX_FDS]))
         .unwrap();
     assert_eq!(b.recv::<BrokerMsg>().unwrap().1.len(), MAX_FDS);
 }
@@ -370,6 +370,6 @@ fn send_in_one_thread_receive_in_another() {
 fn from_fd_and_into_fd_round_trip() {
     let (a, b) = Channel::pair().unwrap();
     let b = Channel::from_fd(b.into_fd());
-    a.send(&BrokerMsg::Shutdown, &[]).unwrap();
-    assert_eq!(b.recv::<BrokerMsg>().unwrap().0, BrokerMsg::Shutdown);
+    a.send(&BrokerMsg::CgroupJoined, &[]).unwrap();
+    assert_eq!(b.recv::<BrokerMsg>().unwrap().0, BrokerMsg::CgroupJoined);
 }

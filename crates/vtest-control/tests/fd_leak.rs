@@ -26,15 +26,15 @@ fn recv_leaves_no_fds(bytes: &[u8], nfds: usize) -> ControlError {
     assert_eq!(count_fds(), before, "fds leaked on {err:?}");
 
     // The channel still works after a refused packet.
-    a.send(&BrokerMsg::Shutdown, &[]).unwrap();
-    assert_eq!(b.recv::<BrokerMsg>().unwrap().0, BrokerMsg::Shutdown);
+    a.send(&BrokerMsg::CgroupJoined, &[]).unwrap();
+    assert_eq!(b.recv::<BrokerMsg>().unwrap().0, BrokerMsg::CgroupJoined);
     err
 }
 
 fn shutdown_bytes() -> Vec<u8> {
     postcard::to_stdvec(&Envelope {
         version: vtest_control::PROTOCOL_VERSION,
-        msg: BrokerMsg::Shutdown,
+        msg: BrokerMsg::CgroupJoined,
     })
     .unwrap()
 }
@@ -66,7 +66,7 @@ fn fds_of_bad_packets_are_closed() {
 
     let wrong_version = postcard::to_stdvec(&Envelope {
         version: 0,
-        msg: BrokerMsg::Shutdown,
+        msg: BrokerMsg::CgroupJoined,
     })
     .unwrap();
     let err = recv_leaves_no_fds(&wrong_version, 1);
@@ -98,7 +98,7 @@ fn accepted_fds_are_the_only_new_ones() {
     let _serial = SERIAL.lock().unwrap();
     let (a, b) = Channel::pair().unwrap();
     let fds = open_fds(MAX_FDS);
-    a.send(&BrokerMsg::Shutdown, &borrow_all(&fds)).unwrap();
+    a.send(&BrokerMsg::CgroupJoined, &borrow_all(&fds)).unwrap();
     drop(fds);
 
     let before = count_fds();

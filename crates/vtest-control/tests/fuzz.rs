@@ -82,7 +82,6 @@ fn broker_msg() -> impl Strategy<Value = BrokerMsg> {
                 },
             }
         }),
-        Just(BrokerMsg::Shutdown),
         Just(BrokerMsg::CgroupJoined),
     ]
 }

@@ -92,7 +92,6 @@ pub fn run(args: WorkerArgs) -> ExitCode {
     if args.wait_for_cgroup {
         match channel.recv::<BrokerMsg>() {
             Ok((BrokerMsg::CgroupJoined, _)) => {}
-            Ok((BrokerMsg::Shutdown, _)) => return Exit::Clean.into(),
             Ok((other, _)) => {
                 warn!(message = ?other, "expected CgroupJoined");
                 return Exit::ControlFailed.into();
@@ -155,7 +154,6 @@ pub fn run(args: WorkerArgs) -> ExitCode {
                 return Exit::ControlFailed.into();
             }
         },
-        Ok((BrokerMsg::Shutdown, _)) => return Exit::Clean.into(),
         Ok((BrokerMsg::CgroupJoined, _)) => {
             warn!("CgroupJoined after Ready");
             return Exit::ControlFailed.into();

@@ -387,7 +387,6 @@ fn control_packets() -> Vec<(&'static str, Vec<u8>)> {
                 },
             },
         ),
-        ("hand-broker-shutdown", BrokerMsg::Shutdown),
     ];
     let mut out: Vec<(&'static str, Vec<u8>)> = worker
         .into_iter()
