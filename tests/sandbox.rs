@@ -189,17 +189,27 @@ fn a_seccomp_violation_is_reported_by_name() {
     client
         .expect_disconnect(Duration::from_secs(10))
         .expect("the violating worker's client is disconnected");
+    // The structured record (`vtestd status --json`): its category, the
+    // syscall by name and number, and whose client it was.
+    let me = nix::unistd::getuid().as_raw();
+    let mut exit = serde_json::Value::Null;
     assert!(
-        eventually(10, || server.log_text().contains("worker killed by SIGSYS")),
-        "log:\n{}",
+        eventually(10, || {
+            exit = server.status()["recent_exits"][0].clone();
+            !exit.is_null()
+        }),
+        "no exit record; log:\n{}",
         server.log_text()
     );
-    let log = server.log_text();
-    assert!(
-        log.contains("seccomp violation: socket"),
-        "broker names the syscall; log:\n{log}"
+    assert_eq!(exit["category"], "seccomp_violation", "{exit}");
+    let reason = exit["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("seccomp violation: socket ("), "{exit}");
+    assert!(reason.contains("SIGSYS"), "{exit}");
+    assert_eq!(exit["uid"], me, "{exit}");
+    assert_eq!(
+        server.status()["counters"]["worker_exits"]["seccomp_violation"],
+        1
     );
-    assert!(log.contains("uid="), "with the client's identity");
     assert!(server.is_alive());
 }
 
