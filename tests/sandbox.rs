@@ -454,6 +454,26 @@ fn cache_bytes(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
+/// Waits until the cache below `dir` stops growing (unchanged for a second).
+fn settled(dir: &std::path::Path) {
+    let mut last = cache_bytes(dir);
+    let mut stable_since = std::time::Instant::now();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while stable_since.elapsed() < Duration::from_secs(1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} keeps growing",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        let now = cache_bytes(dir);
+        if now != last {
+            last = now;
+            stable_since = std::time::Instant::now();
+        }
+    }
+}
+
 /// Two listeners (two tenants): each one's workers see their own cache
 /// directory and not the other's (their mount view holds only their own;
 /// the other's path does not exist for them), and a client's shaders land
@@ -530,7 +550,11 @@ fn two_listeners_never_see_each_others_shader_cache() {
             other.display()
         );
     }
-    // A client of tenant A compiles its shaders into A's cache only.
+    // A client of tenant A compiles its shaders into A's cache only. First
+    // the pool workers' own entries settle (Mesa 25 writes them from a
+    // thread, after Ready).
+    settled(&a);
+    settled(&b);
     let before_b = cache_bytes(&b);
     let before_a = cache_bytes(&a);
     short_glmark2_scores(&server, &xvfb, "glmark2 through tenant A");

@@ -39,6 +39,14 @@ impl Demand {
         });
     }
 
+    /// Whether no client arrived for a whole window (the pool can shrink
+    /// back to its floor).
+    pub(super) fn quiet(&self, now: Instant) -> bool {
+        self.arrivals
+            .back()
+            .is_none_or(|&t| now.saturating_duration_since(t) > WINDOW)
+    }
+
     /// The average start-up time so far.
     pub(super) fn startup(&self) -> Option<Duration> {
         self.startup_secs.map(Duration::from_secs_f64)
@@ -108,7 +116,10 @@ mod tests {
         assert_eq!(d.target(now, 2, 3), 3);
         assert_eq!(d.target(now, 5, 3), 5);
         // Ten seconds later the burst is forgotten.
-        assert_eq!(d.target(now + Duration::from_secs(11), 2, 8), 2);
+        assert!(!d.quiet(now));
+        let later = now + Duration::from_secs(11);
+        assert_eq!(d.target(later, 2, 8), 2);
+        assert!(d.quiet(later));
     }
 
     #[test]

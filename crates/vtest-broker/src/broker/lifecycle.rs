@@ -14,7 +14,8 @@ use vtest_control::{BrokerMsg, Channel};
 use super::listeners::ListenerId;
 use super::Broker;
 use crate::cgroup;
-use crate::workers::{Role, WorkerId};
+use crate::status::ExitCategory;
+use crate::workers::{Kill, Role, WorkerId};
 use crate::BrokerError;
 
 /// How long the start-up probe waits for a listener's first worker.
@@ -110,6 +111,21 @@ impl Broker {
                 .demand
                 .target(Instant::now(), l.config.pool, l.config.pool_max);
             let (ready, starting) = self.workers.pool_counts(&l.config.name);
+            if l.demand.quiet(Instant::now()) && ready > l.config.pool {
+                // Grown for a burst that is over: back to the floor (an
+                // idle worker holds tens of MiB).
+                let name = l.config.name.clone();
+                for _ in l.config.pool..ready {
+                    if let Some(id) = self.workers.take_ready(&name) {
+                        let why = Kill {
+                            category: ExitCategory::Shutdown,
+                            text: "pool shrunk: the burst of clients is over",
+                        };
+                        self.workers.end(id, Signal::SIGTERM, why);
+                    }
+                }
+                continue;
+            }
             let room = cores.saturating_sub(self.workers.starting());
             // The floor always starts (as before); growth waits for a core.
             let wanted = target.saturating_sub(ready + starting);
