@@ -221,9 +221,19 @@ fn a_seccomp_violation_is_reported_by_name() {
 fn piglit_passes_as_well_confined_as_not() {
     let xvfb = Xvfb::start();
     let limit = Duration::from_secs(240);
-    let confined = {
+    // The confined server's warnings (a worker's seccomp violation, say)
+    // explain a difference, so they go into the failure message.
+    let (confined, warnings) = {
         let server = Server::start(ServerKind::Vtestd);
-        run_piglit(&server, &xvfb, PIGLIT_PROFILE, limit).unwrap_or_else(|e| panic!("{e}"))
+        let results =
+            run_piglit(&server, &xvfb, PIGLIT_PROFILE, limit).unwrap_or_else(|e| panic!("{e}"));
+        let log = server.log_text();
+        let warnings: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .map(str::to_string)
+            .collect();
+        (results, warnings.join("\n"))
     };
     let unconfined = {
         let server = Server::start_with(ServerKind::Vtestd, &["--sandbox=off"]);
@@ -232,8 +242,13 @@ fn piglit_passes_as_well_confined_as_not() {
     println!("sandbox on:  {}", confined.summary());
     println!("sandbox off: {}", unconfined.summary());
     assert!(unconfined.count("pass") > 0);
-    assert_eq!(confined.count("pass"), unconfined.count("pass"));
-    assert_eq!(confined.failures(), unconfined.failures());
+    assert_eq!(
+        confined.count("pass"),
+        unconfined.count("pass"),
+        "not passing confined: {:?}\nconfined server's warnings:\n{warnings}",
+        confined.with_result("crash")
+    );
+    assert_eq!(confined.failures(), unconfined.failures(), "{warnings}");
 }
 
 #[test]
