@@ -596,18 +596,23 @@ def ping_once(path, name=b"bench\0", timeout=10.0):
         s.connect(path)
         s.sendall(struct.pack("<II", len(name), CREATE_RENDERER) + name
                   + struct.pack("<II", 0, PING_PROTOCOL_VERSION))
-        buf = b""
-        while len(buf) < 8:
-            chunk = s.recv(8 - len(buf))
-            if not chunk:
-                raise RuntimeError("connection closed after %d reply bytes" % len(buf))
-            buf += chunk
+        read_ping_reply(s)
         t1 = time.perf_counter()
     finally:
         s.close()
+    return t1 - t0
+
+
+def read_ping_reply(s):
+    """Reads the 8-byte PING_PROTOCOL_VERSION reply from socket s."""
+    buf = b""
+    while len(buf) < 8:
+        chunk = s.recv(8 - len(buf))
+        if not chunk:
+            raise RuntimeError("connection closed after %d reply bytes" % len(buf))
+        buf += chunk
     if struct.unpack("<II", buf) != (0, PING_PROTOCOL_VERSION):
         raise RuntimeError("unexpected ping reply %r" % buf)
-    return t1 - t0
 
 
 def percentile(values, p):
@@ -702,14 +707,7 @@ def burst_once(path, n, timeout=120.0):
             starts[k] = time.perf_counter()
             s.connect(path)
             s.sendall(msg)
-            buf = b""
-            while len(buf) < 8:
-                chunk = s.recv(8 - len(buf))
-                if not chunk:
-                    raise RuntimeError("connection closed after %d reply bytes" % len(buf))
-                buf += chunk
-            if struct.unpack("<II", buf) != (0, PING_PROTOCOL_VERSION):
-                raise RuntimeError("unexpected ping reply %r" % buf)
+            read_ping_reply(s)
             ends[k] = time.perf_counter()
         except Exception as e:  # noqa: BLE001
             errs.append("burst client %d: %s" % (k, e))
