@@ -899,3 +899,52 @@ fn silent_admin_connections_stall_neither_clients_nor_status() {
     );
     assert!(log.contains("refused=4"), "{log}");
 }
+
+/// `clients_waited_for_start` counts the clients that found no initialised
+/// worker: every client without a pool, none while the pool keeps up; and
+/// status shows the pool's current target, arrival rate and start-up time.
+#[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
+fn clients_that_wait_for_a_worker_start_are_counted() {
+    let cold = Server::start(common::server::ServerKind::Vtestd);
+    for i in 0..3 {
+        Tenant::connect(&cold, &format!("cold-{i}")).round_trip(1);
+    }
+    let status = cold.status();
+    assert_eq!(
+        status["counters"]["clients_waited_for_start"], 3,
+        "without a pool every client waits: {status}"
+    );
+    assert_eq!(status["listeners"][0]["pool_target"], 0, "{status}");
+
+    let pooled = Server::start_with(
+        common::server::ServerKind::Vtestd,
+        &["--pool=1", "--pool-max=4"],
+    );
+    let ready = || pooled.status()["listeners"][0]["pool_ready"] == 1;
+    for i in 0..3 {
+        assert!(
+            eventually(30, ready),
+            "pool worker ready: {}",
+            pooled.status()
+        );
+        Tenant::connect(&pooled, &format!("pooled-{i}")).round_trip(1);
+    }
+    assert!(eventually(30, ready));
+    let status = pooled.status();
+    assert_eq!(
+        status["counters"]["clients_waited_for_start"], 0,
+        "the pool kept up with clients one at a time: {status}"
+    );
+    let l = &status["listeners"][0];
+    assert!(l["arrivals_per_sec"].as_f64().unwrap() > 0.0, "{status}");
+    assert!(l["startup_ms"].as_u64().unwrap() > 0, "{status}");
+    let target = l["pool_target"].as_u64().unwrap();
+    assert!(
+        (1..=4).contains(&target),
+        "between pool and pool_max: {status}"
+    );
+}
