@@ -41,15 +41,7 @@ fn names_of(rules: &[&Value]) -> BTreeSet<String> {
 }
 
 fn names(rules: &[Value]) -> BTreeSet<String> {
-    rules
-        .iter()
-        .map(|r| {
-            r["syscall"]
-                .as_str()
-                .expect("rule without syscall")
-                .to_string()
-        })
-        .collect()
+    names_of(&rules.iter().collect::<Vec<_>>())
 }
 
 fn main() {

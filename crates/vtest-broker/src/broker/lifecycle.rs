@@ -107,11 +107,10 @@ impl Broker {
                 }
                 l.backoff_until = None;
             }
-            let target = l
-                .demand
-                .target(Instant::now(), l.config.pool, l.config.pool_max);
+            let now = Instant::now();
+            let target = l.pool_target(now);
             let (ready, starting) = self.workers.pool_counts(&l.config.name);
-            if l.demand.quiet(Instant::now()) && ready > l.config.pool {
+            if l.demand.quiet(now) && ready > l.config.pool {
                 // Grown for a burst that is over: back to the floor (an
                 // idle worker holds tens of MiB).
                 let name = l.config.name.clone();

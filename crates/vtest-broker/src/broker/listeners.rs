@@ -32,6 +32,18 @@ pub(super) struct ListenerState {
     pub(super) demand: Demand,
 }
 
+impl ListenerState {
+    /// Workers its pool keeps started at `now` (0 without a pool).
+    pub(super) fn pool_target(&self, now: Instant) -> u32 {
+        if self.config.has_pool() {
+            self.demand
+                .target(now, self.config.pool, self.config.pool_max)
+        } else {
+            0
+        }
+    }
+}
+
 /// The listeners in the order they were added.
 #[derive(Default)]
 pub(super) struct Listeners {

@@ -52,11 +52,7 @@ impl Broker {
                     name: name.clone(),
                     path: l.config.path.display().to_string(),
                     backend: format!("{:?}", l.config.backend).to_lowercase(),
-                    pool_target: if l.config.has_pool() {
-                        l.demand.target(now, l.config.pool, l.config.pool_max)
-                    } else {
-                        0
-                    },
+                    pool_target: l.pool_target(now),
                     arrivals_per_sec: l.demand.rate(now),
                     startup_ms: l.demand.startup().map(|d| d.as_millis() as u64),
                     pool_ready: ready,
