@@ -86,6 +86,30 @@ fn main() {
             writeln!(out, "];").unwrap();
         }
     }
+    // The render server's box: one filter for its whole life (installed
+    // before it is exec'd; it cannot tighten itself), no common part.
+    {
+        let path = dir.join("render-server.json");
+        let file = read(&path);
+        let mut list = rules(&file, "rules", &path).clone();
+        expand_families(&mut list, &families, arch, "render-server");
+        let allowed = names(&list);
+        let filter = json!({
+            "render_server": {
+                "mismatch_action": "kill_process",
+                "match_action": "allow",
+                "filter": list,
+            }
+        });
+        let compiled = seccompiler::compile_from_json(filter.to_string().as_bytes(), arch)
+            .unwrap_or_else(|e| panic!("render-server policy: {e}"));
+        emit_program(&mut out, "RENDER_SERVER", &compiled["render_server"]);
+        write!(out, "const RENDER_SERVER_NAMES: &[&str] = &[").unwrap();
+        for n in &allowed {
+            write!(out, "{n:?},").unwrap();
+        }
+        writeln!(out, "];").unwrap();
+    }
     for (file, konst) in [
         ("no-clone3.json", "NO_CLONE3"),
         ("no-open.json", "NO_OPEN"),

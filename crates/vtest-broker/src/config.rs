@@ -78,6 +78,9 @@ pub struct ServerConfig {
     /// Size bound of each cache directory, MiB: past it, the broker empties
     /// the directory before it starts the next worker of that scope.
     pub shader_cache_max_mib: u64,
+    /// The Venus render server program, started (confined) by each worker
+    /// of a `vulkan` listener.
+    pub render_server: PathBuf,
 }
 
 /// Which clients share a Mesa shader cache. A cache entry is machine code
@@ -160,6 +163,12 @@ pub struct ListenerConfig {
     /// cannot apply every layer refuses to serve (fail closed), and the
     /// broker refuses the listener at start.
     pub sandbox_allow_missing: Vec<String>,
+    /// Serve Vulkan (Venus) too, through a confined render server per
+    /// worker (the reference's `--venus`).
+    pub vulkan: bool,
+    /// Serve OpenGL (virgl); `false` with `vulkan`: Vulkan only (the
+    /// reference's `--no-virgl`).
+    pub virgl: bool,
 }
 
 impl Default for ServerConfig {
@@ -177,6 +186,7 @@ impl Default for ServerConfig {
             worker_pids: 256,
             shader_cache_dir: default_shader_cache_dir(),
             shader_cache_max_mib: 512,
+            render_server: "/usr/libexec/virgl_render_server".into(),
         }
     }
 }
@@ -214,6 +224,8 @@ impl Default for ListenerConfig {
             shader_cache_dir: None,
             sandbox: true,
             sandbox_allow_missing: Vec::new(),
+            vulkan: false,
+            virgl: true,
         }
     }
 }
@@ -364,6 +376,12 @@ impl Config {
             }
             if !self.limits.contains_key(&l.limits) {
                 return Err(format!("listener {:?}: no [limits.{}]", l.name, l.limits));
+            }
+            if !l.virgl && !l.vulkan {
+                return Err(format!(
+                    "listener {:?}: virgl = false needs vulkan = true (it would serve nothing)",
+                    l.name
+                ));
             }
             if l.backend == Backend::RenderNode && l.render_node.is_none() {
                 return Err(format!(

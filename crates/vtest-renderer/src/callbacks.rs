@@ -26,6 +26,9 @@ pub(crate) struct CallbackState {
     pub(crate) context_fences: Mutex<Vec<ContextFence>>,
     /// The opened render node, handed over (once) by `get_drm_fd`.
     pub(crate) drm_fd: Mutex<Option<OwnedFd>>,
+    /// This worker's render server connection (a SOCK_SEQPACKET socket),
+    /// handed over (once) by `get_server_fd`.
+    pub(crate) server_fd: Mutex<Option<OwnedFd>>,
 }
 
 impl CallbackState {
@@ -113,6 +116,25 @@ unsafe extern "C" fn get_drm_fd(cookie: *mut c_void) -> c_int {
     })
 }
 
+/// `get_server_fd(cookie, version)`: the render server's socket, instead of
+/// virglrenderer starting one itself (fork+exec, which the worker's sandbox
+/// forbids). virglrenderer takes ownership of the returned fd.
+unsafe extern "C" fn get_server_fd(cookie: *mut c_void, version: u32) -> c_int {
+    no_unwind("get_server_fd", || {
+        // SAFETY: as in `write_fence`.
+        let Some(st) = (unsafe { state(cookie) }) else {
+            return -1;
+        };
+        let fd = st
+            .server_fd
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        tracing::debug!(version, handed_over = fd.is_some(), "render server fd");
+        fd.map_or(-1, IntoRawFd::into_raw_fd)
+    })
+}
+
 /// Builds the callback table. Unused entries stay NULL.
 pub(crate) fn callback_table() -> sys::virgl_renderer_callbacks {
     // SAFETY: the struct is an `int` followed by `Option<unsafe extern "C"
@@ -124,6 +146,7 @@ pub(crate) fn callback_table() -> sys::virgl_renderer_callbacks {
     cbs.write_fence = Some(write_fence);
     cbs.get_drm_fd = Some(get_drm_fd);
     cbs.write_context_fence = Some(write_context_fence);
+    cbs.get_server_fd = Some(get_server_fd);
     cbs
 }
 
@@ -142,6 +165,7 @@ mod tests {
             (cbs.write_fence.unwrap())(cookie, 5);
             (cbs.write_context_fence.unwrap())(cookie, 3, 1, 1 << 40);
             assert_eq!((cbs.get_drm_fd.unwrap())(cookie), -1);
+            assert_eq!((cbs.get_server_fd.unwrap())(cookie, 0), -1);
             // A null cookie is ignored rather than dereferenced.
             (cbs.write_fence.unwrap())(std::ptr::null_mut(), 9);
         }

@@ -14,6 +14,12 @@ pub struct RendererOptions {
     /// [`crate::Renderer::new`], so a bad path is reported as an error instead
     /// of silently falling back to another device.
     pub render_node: Option<std::path::PathBuf>,
+    /// `VIRGL_RENDERER_VENUS | VIRGL_RENDERER_RENDER_SERVER`: serve Vulkan
+    /// (capset 4) through a render server whose socket is handed over with
+    /// [`crate::Renderer::with_render_server`].
+    pub venus: bool,
+    /// `VIRGL_RENDERER_NO_VIRGL`: no OpenGL (a Vulkan-only renderer).
+    pub no_virgl: bool,
 }
 
 /// `struct virgl_renderer_resource_create_args`.

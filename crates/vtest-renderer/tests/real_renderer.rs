@@ -400,6 +400,7 @@ fn real_virglrenderer_sequence() {
         surfaceless: true,
         gles: false,
         render_node: None,
+        ..RendererOptions::default()
     };
     let mut r = Renderer::new(&opts).expect("virgl_renderer_init (EGL surfaceless)");
     assert!(matches!(

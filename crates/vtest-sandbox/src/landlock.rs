@@ -1,4 +1,5 @@
-//! Landlock: read-only where rendering reads, read-write only on the render
+//! Landlock: read-only where rendering reads (executing only the files the
+//! box names), read-write only on the render
 //! node (and the opt-in shader cache), nothing else; no TCP; no abstract
 //! unix sockets or signals outside the sandbox (ABI 6 scoping). Best effort
 //! below the kernel's ABI; what was enforced is reported.
@@ -18,7 +19,9 @@ pub(crate) fn restrict(
     report: &mut Vec<(Layer, Outcome)>,
 ) -> Result<(), SandboxError> {
     let err = |e: landlock::RulesetError| SandboxError::Landlock(e.to_string());
-    let read = AccessFs::from_read(TARGET);
+    // Reading is not executing: only `root.executables` may be exec'd.
+    let read = AccessFs::from_read(TARGET) & !AccessFs::Execute;
+    let exec = AccessFs::from_read(TARGET);
     // Device nodes: read, write and (ABI 5) device ioctls.
     let device = read | AccessFs::WriteFile | AccessFs::IoctlDev;
     let writable = AccessFs::from_all(TARGET) & !AccessFs::Execute;
@@ -34,6 +37,8 @@ pub(crate) fn restrict(
         .create()
         .map_err(err)?
         .add_rules(path_beneath_rules(existing(&read_only), read))
+        .map_err(err)?
+        .add_rules(path_beneath_rules(existing(&root.executables), exec))
         .map_err(err)?
         .add_rules(path_beneath_rules(existing(&root.devices), device))
         .map_err(err)?

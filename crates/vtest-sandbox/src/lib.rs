@@ -32,7 +32,7 @@ pub mod signals;
 pub mod violation;
 
 use std::os::fd::RawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub use error::SandboxError;
 pub use namespaces::RootFs;
@@ -179,12 +179,46 @@ impl SandboxConfig {
                 read_only_files,
                 devices: all_devices,
                 writable_dirs: shader_cache.into_iter().collect(),
+                executables: Vec::new(),
             },
             rlimits: Rlimits::default(),
             profile,
             report,
             keep_fds: Vec::new(),
         }
+    }
+}
+
+/// The dynamic loaders a render server may be started through.
+const LOADERS: &[&str] = &[
+    "/usr/lib64/ld-linux-x86-64.so.2",
+    "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+    "/usr/lib/ld-linux-aarch64.so.1",
+    "/usr/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1",
+];
+
+impl SandboxConfig {
+    /// The box of a Venus render server: what a worker sees (libraries,
+    /// render nodes, the listener's shader cache) plus the Vulkan ICD
+    /// manifests under `/usr/share/vulkan` and `/dev/udmabuf`, with the
+    /// render-server seccomp profile; executing is allowed for `program`
+    /// (which must lie under `/usr`) and the dynamic loader only.
+    pub fn for_render_server(
+        render_node: Option<PathBuf>,
+        shader_cache: Option<PathBuf>,
+        program: PathBuf,
+    ) -> SandboxConfig {
+        let mut config = SandboxConfig::for_worker(render_node, shader_cache, None);
+        config.profile = Profile::RenderServer;
+        if Path::new("/dev/udmabuf").exists() {
+            config.root.devices.push("/dev/udmabuf".into());
+        }
+        config.root.executables = LOADERS
+            .iter()
+            .map(PathBuf::from)
+            .chain(std::iter::once(program))
+            .collect();
+        config
     }
 }
 

@@ -28,6 +28,11 @@ pub struct RootFs {
     pub devices: Vec<PathBuf>,
     /// Directories bound read-write (the opt-in shader cache).
     pub writable_dirs: Vec<PathBuf>,
+    /// Files that may be executed (Landlock's execute right), each inside
+    /// one of `read_only_dirs`: the render server and the dynamic loader
+    /// for the render-server box; none for a worker, whose seccomp filter
+    /// forbids `execve` anyway.
+    pub executables: Vec<PathBuf>,
 }
 
 /// Enters new user, network and IPC namespaces, then the mount namespace

@@ -44,6 +44,9 @@ pub enum Command {
     /// Internal: serve one client handed over by the broker.
     #[command(hide = true)]
     Worker(WorkerArgs),
+    /// Internal: a worker's Venus render server, confined, on stdin's socket.
+    #[command(hide = true)]
+    RenderServer(WorkerArgs),
 }
 
 /// `vtestd worker`: the renderer choice plus the process limits the broker
@@ -145,7 +148,20 @@ pub struct RendererArgs {
     /// every layer is required.
     #[arg(long, value_name = "LAYERS", value_delimiter = ',')]
     pub sandbox_allow_missing: Vec<String>,
+    /// Serve Vulkan too (Venus, capset 4), through a confined render
+    /// server per worker.
+    #[arg(long)]
+    pub venus: bool,
+    /// Serve no OpenGL (with --venus: Vulkan only).
+    #[arg(long)]
+    pub no_virgl: bool,
+    /// The render server program [default: /usr/libexec/virgl_render_server].
+    #[arg(long, value_name = "PATH")]
+    pub render_server: Option<PathBuf>,
 }
+
+/// Where virglrenderer installs its render server.
+pub const DEFAULT_RENDER_SERVER: &str = "/usr/libexec/virgl_render_server";
 
 /// An on/off switch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -201,7 +217,16 @@ impl RendererArgs {
             surfaceless: self.rendernode.is_none() || self.use_egl_surfaceless,
             gles: self.use_gles,
             render_node: self.rendernode.clone(),
+            venus: self.venus,
+            no_virgl: self.no_virgl,
         }
+    }
+
+    /// The render server program (`--venus`).
+    pub fn render_server_program(&self) -> PathBuf {
+        self.render_server
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_RENDER_SERVER))
     }
 
     /// Whether the worker sandbox is on (the default).
@@ -250,6 +275,8 @@ mod tests {
             "--no-fork",
             "--multi-clients",
             "--no-loop-or-fork",
+            "--venus",
+            "--no-virgl",
         ])
         .unwrap();
         let Command::Serve(s) = cli.command else {
@@ -257,6 +284,11 @@ mod tests {
         };
         assert_eq!(s.socket_path, None);
         assert!(s.renderer.use_gles && s.no_fork && s.multi_clients && s.no_loop_or_fork);
+        assert!(s.renderer.venus && s.renderer.no_virgl);
+        assert_eq!(
+            s.renderer.render_server_program(),
+            PathBuf::from(DEFAULT_RENDER_SERVER)
+        );
         assert!(Cli::try_parse_from(["vtestd", "serve", "--bogus"]).is_err());
     }
 }

@@ -7,6 +7,7 @@ mod cdi;
 mod cli;
 mod docs;
 mod logging;
+mod render_server;
 mod sandbox;
 mod serve;
 mod worker;
@@ -37,6 +38,10 @@ fn main() -> ExitCode {
         cli::Command::Worker(args) => {
             logging::init(logging::WORKER);
             worker::run(args)
+        }
+        cli::Command::RenderServer(args) => {
+            logging::init(logging::WORKER);
+            render_server::run(args)
         }
     }
 }

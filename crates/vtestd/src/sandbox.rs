@@ -1,6 +1,6 @@
 //! Applying the worker sandbox and logging what the host allowed.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use tracing::{debug, info, warn};
 use vtest_control::Channel;
@@ -14,6 +14,7 @@ pub fn confine(
     args: &RendererArgs,
     rlimits: Rlimits,
     channel: &Channel,
+    keep_fds: &[RawFd],
 ) -> Result<Option<Profile>, String> {
     if !args.sandboxed() {
         // Fault signals still kill the worker, and its limits still hold.
@@ -25,7 +26,15 @@ pub fn confine(
     let report = violation_report(channel).map_err(|e| crate::logging::chain(&e))?;
     let mut config = SandboxConfig::for_worker(args.rendernode.clone(), cache, Some(report));
     config.rlimits = rlimits;
-    let report = vtest_sandbox::confine(&config).map_err(|e| crate::logging::chain(&e))?;
+    config.keep_fds = keep_fds.to_vec();
+    apply(&config, args, "worker")?;
+    Ok(Some(config.profile))
+}
+
+/// Applies `config` and logs what the host allowed; an error where a layer
+/// the host refused is not in `sandbox_allow_missing` (fail closed).
+pub fn apply(config: &SandboxConfig, args: &RendererArgs, what: &str) -> Result<(), String> {
+    let report = vtest_sandbox::confine(config).map_err(|e| crate::logging::chain(&e))?;
     let mut missing = Vec::new();
     let mut refused = Vec::new();
     for (layer, outcome) in &report {
@@ -54,11 +63,11 @@ pub fn confine(
         ));
     }
     if missing.is_empty() {
-        info!(profile = ?config.profile, "worker sandbox applied");
+        info!(profile = ?config.profile, "{what} sandbox applied");
     } else {
-        warn!(profile = ?config.profile, "worker sandbox weakened (allowed by sandbox_allow_missing): {}", missing.join(", "));
+        warn!(profile = ?config.profile, "{what} sandbox weakened (allowed by sandbox_allow_missing): {}", missing.join(", "));
     }
-    Ok(Some(config.profile))
+    Ok(())
 }
 
 /// A trapped system call is reported as the control channel's

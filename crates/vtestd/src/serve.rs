@@ -20,6 +20,9 @@ fn overrides(args: &ServeArgs) -> impl Fn(&mut Config) {
         if let Some(a) = &admin {
             config.server.admin_socket = a.clone();
         }
+        if let Some(program) = &renderer.render_server {
+            config.server.render_server = program.clone();
+        }
         let Some(l) = config.listeners.first_mut() else {
             return;
         };
@@ -33,6 +36,12 @@ fn overrides(args: &ServeArgs) -> impl Fn(&mut Config) {
             l.backend = Backend::Gles;
         } else if renderer.use_egl_surfaceless {
             l.backend = Backend::Surfaceless;
+        }
+        if renderer.venus {
+            l.vulkan = true;
+        }
+        if renderer.no_virgl {
+            l.virgl = false;
         }
         if renderer.sandbox.is_some() {
             l.sandbox = renderer.sandboxed();

@@ -4,8 +4,9 @@
 
 mod backend;
 mod startup;
+mod venus;
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -106,24 +107,36 @@ pub fn run(args: WorkerArgs) -> ExitCode {
     let rlimits = args.rlimits();
     #[cfg(feature = "test-hooks")]
     let rlimits = test_hooks::rlimits(rlimits);
-    let profile = match sandbox::confine(&args.renderer, rlimits, &channel) {
+    let render_server = if args.renderer.venus {
+        match venus::start(&args) {
+            Ok(fd) => Some(fd),
+            Err(e) => return init_failed(&channel, "render server", e.to_string()),
+        }
+    } else {
+        None
+    };
+    let keep: Vec<RawFd> = render_server.iter().map(AsRawFd::as_raw_fd).collect();
+    let profile = match sandbox::confine(&args.renderer, rlimits, &channel, &keep) {
         Ok(profile) => profile,
         Err(e) => return init_failed(&channel, "sandbox", e),
     };
     phases.end("sandbox");
-    let mut renderer = match Renderer::new(&args.renderer.options()) {
+    let mut renderer = match Renderer::with_render_server(&args.renderer.options(), render_server) {
         Ok(r) => r,
         Err(e) => return init_failed(&channel, "renderer", e.to_string()),
     };
     phases.end("renderer");
+    let gl = !args.renderer.no_virgl;
     // A throwaway context while files may still be opened: what a client's
     // first CONTEXT_CREATE loads lazily (libepoxy's GLES library, Mesa's
     // per-context configuration) is loaded now.
-    if let Err(e) = renderer.context_create(PROBE_CTX_ID, b"vtestd-warm-up") {
-        return init_failed(&channel, "renderer context", e.to_string());
+    if gl {
+        if let Err(e) = renderer.context_create(PROBE_CTX_ID, b"vtestd-warm-up") {
+            return init_failed(&channel, "renderer context", e.to_string());
+        }
+        renderer.context_destroy(PROBE_CTX_ID);
+        phases.end("warm-up context");
     }
-    renderer.context_destroy(PROBE_CTX_ID);
-    phases.end("warm-up context");
     let profile = profile.map(|p| sandbox::steady_profile(p, renderer.gl_renderer()));
     if let Some(profile) = profile {
         if let Err(e) = vtest_sandbox::lock_down(profile) {
@@ -133,11 +146,13 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         // And one under the steady filter, before Ready: a configuration
         // the sandbox cannot serve fails here, at the broker's start-up
         // probe, instead of at every client.
-        if let Err(e) = renderer.context_create(PROBE_CTX_ID, b"vtestd-check") {
-            return init_failed(&channel, "renderer context", e.to_string());
+        if gl {
+            if let Err(e) = renderer.context_create(PROBE_CTX_ID, b"vtestd-check") {
+                return init_failed(&channel, "renderer context", e.to_string());
+            }
+            renderer.context_destroy(PROBE_CTX_ID);
+            phases.end("check context");
         }
-        renderer.context_destroy(PROBE_CTX_ID);
-        phases.end("check context");
     }
     phases.log();
     let _ = channel.send(

@@ -140,6 +140,15 @@ pub(super) fn worker_command(
         args.push("--rendernode".into());
         args.push(node.clone().into_os_string());
     }
+    if l.vulkan {
+        args.push("--venus".into());
+        let mut flag = OsString::from("--render-server=");
+        flag.push(&server.render_server);
+        args.push(flag);
+    }
+    if !l.virgl {
+        args.push("--no-virgl".into());
+    }
     if !l.sandbox {
         args.push("--sandbox=off".into());
     }
@@ -179,6 +188,25 @@ mod tests {
             .iter()
             .map(|a| a.to_str().unwrap().to_string())
             .collect()
+    }
+
+    #[test]
+    fn a_vulkan_listener_starts_venus_workers() {
+        let args = args_of(
+            "[server]\nrender_server = \"/opt/rs\"\n\
+             [[listener]]\nname = \"vk\"\nvulkan = true\nvirgl = false\n",
+        );
+        let tail: Vec<&str> = args[4..args.len() - 1].iter().map(String::as_str).collect();
+        assert_eq!(tail, ["--venus", "--render-server=/opt/rs", "--no-virgl"]);
+        let plain = args_of("[[listener]]\nname = \"gl\"\n");
+        assert!(!plain
+            .iter()
+            .any(|a| a.contains("venus") || a.contains("virgl")));
+        let nothing = Config::parse(
+            "[[listener]]\nname = \"x\"\nvirgl = false\n",
+            Path::new("test.toml"),
+        );
+        assert!(nothing.unwrap_err().to_string().contains("serve nothing"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::c_int;
+use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
@@ -24,20 +25,35 @@ impl Renderer {
     /// O_CLOEXEC`) and handed to virglrenderer through the `get_drm_fd`
     /// callback.
     pub fn new(opts: &RendererOptions) -> Result<Self, RendererError> {
+        Self::with_render_server(opts, None)
+    }
+
+    /// [`Renderer::new`] with this worker's render server connection
+    /// (`opts.venus`): virglrenderer receives it through the
+    /// `get_server_fd` callback instead of starting a render server itself.
+    pub fn with_render_server(
+        opts: &RendererOptions,
+        server: Option<OwnedFd>,
+    ) -> Result<Self, RendererError> {
+        if opts.venus && server.is_none() {
+            return Err(RendererError::InvalidArgument(
+                "Venus needs a render server connection",
+            ));
+        }
         if INITIALIZED
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
             return Err(RendererError::AlreadyInitialized);
         }
-        let r = Self::init(opts);
+        let r = Self::init(opts, server);
         if r.is_err() {
             INITIALIZED.store(false, Ordering::Release);
         }
         r
     }
 
-    fn init(opts: &RendererOptions) -> Result<Self, RendererError> {
+    fn init(opts: &RendererOptions, server: Option<OwnedFd>) -> Result<Self, RendererError> {
         let drm_fd = match &opts.render_node {
             Some(path) => Some(
                 nix::fcntl::open(
@@ -54,6 +70,7 @@ impl Renderer {
         };
         let state = CallbackState {
             drm_fd: Mutex::new(drm_fd),
+            server_fd: Mutex::new(server),
             ..CallbackState::default()
         };
         let cookie = NonNull::from(Box::leak(Box::new(state)));
@@ -67,6 +84,12 @@ impl Renderer {
         }
         if opts.gles {
             flags |= sys::VIRGL_RENDERER_USE_GLES;
+        }
+        if opts.venus {
+            flags |= sys::VIRGL_RENDERER_VENUS | sys::VIRGL_RENDERER_RENDER_SERVER;
+        }
+        if opts.no_virgl {
+            flags |= sys::VIRGL_RENDERER_NO_VIRGL;
         }
         let flags = c_int::try_from(flags).map_err(|_| RendererError::InvalidArgument("flags"))?;
 
@@ -91,6 +114,8 @@ impl Renderer {
             surfaceless = opts.surfaceless,
             gles = opts.gles,
             render_node = ?opts.render_node,
+            venus = opts.venus,
+            no_virgl = opts.no_virgl,
             "virglrenderer initialised"
         );
         Ok(Self {

@@ -15,7 +15,13 @@ use vtest_session::{Backend, BackendError};
 pub struct VirglBackend {
     renderer: Renderer,
     context: Option<u32>,
+    /// The context is a Venus one: its fences retire through its own poll
+    /// fd (the render server's eventfd), not the GL renderer's.
+    venus: bool,
 }
+
+/// `VIRGL_RENDERER_CAPSET_VENUS`.
+const CAPSET_VENUS: u32 = 4;
 
 impl VirglBackend {
     /// Wraps an initialised renderer.
@@ -23,6 +29,7 @@ impl VirglBackend {
         VirglBackend {
             renderer,
             context: None,
+            venus: false,
         }
     }
 }
@@ -52,6 +59,7 @@ impl Backend for VirglBackend {
         }
         .map_err(err("context_create"))?;
         self.context = Some(ctx_id);
+        self.venus = capset == Some(CAPSET_VENUS);
         Ok(())
     }
 
@@ -182,6 +190,9 @@ impl Backend for VirglBackend {
     }
 
     fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.renderer.poll_fd()
+        match self.context {
+            Some(ctx) if self.venus => self.renderer.context_poll_fd(ctx),
+            _ => self.renderer.poll_fd(),
+        }
     }
 }
