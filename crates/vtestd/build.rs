@@ -7,6 +7,8 @@
 //!   renders with;
 //! - `vtestd_clients`: the Mesa clients and X server the end-to-end suites run
 //!   (glxinfo, glmark2, piglit, Xvfb) and the reference `virgl_test_server`;
+//! - `vtestd_venus`: Vulkan through Venus (tests/venus.rs): virglrenderer
+//!   1.x with its render server, Mesa's Venus ICD and lavapipe, vulkaninfo;
 //! - `vtestd_packaging_tools`: cargo-deb, cargo-generate-rpm, the linters and
 //!   debootstrap (tests/packaging.rs).
 //!
@@ -22,6 +24,7 @@ fn main() {
         "vtestd_mesa",
         "vtestd_clients",
         "vtestd_packaging_tools",
+        "vtestd_venus",
     ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
     }
@@ -69,6 +72,12 @@ fn main() {
         println!("cargo::rustc-cfg=vtestd_packaging_tools");
     } else {
         missing.push("the package builders and linters (packaging/install-tools.sh)");
+    }
+
+    // Not a warning where absent: Debian 12's virglrenderer 0.10 cannot
+    // serve Mesa's Venus at all (tests/venus.rs says so when ignored).
+    if has_venus() {
+        println!("cargo::rustc-cfg=vtestd_venus");
     }
 
     if !missing.is_empty() {

@@ -61,3 +61,27 @@ fn find_program(name: &str) -> Option<std::path::PathBuf> {
         .map(|d| d.join(name))
         .find(|p| p.exists())
 }
+
+/// Vulkan through Venus: virglrenderer 1.x (0.10's Venus speaks a wire
+/// format Mesa 23+ refuses) with its render server, Mesa's Venus ICD and a
+/// host Vulkan driver (lavapipe), and vulkaninfo.
+#[allow(dead_code)]
+fn has_venus() -> bool {
+    let files = [
+        "/usr/libexec/virgl_render_server",
+        "/usr/share/vulkan/icd.d/virtio_icd.json",
+        "/usr/share/vulkan/icd.d/lvp_icd.json",
+    ];
+    for f in files {
+        println!("cargo::rerun-if-changed={f}");
+    }
+    let version = std::process::Command::new("pkg-config")
+        .args(["--modversion", "virglrenderer"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|v| v.trim().split('.').next()?.parse::<u32>().ok());
+    files.iter().all(|f| Path::new(f).exists())
+        && version.is_some_and(|major| major >= 1)
+        && find_program("vulkaninfo").is_some()
+}

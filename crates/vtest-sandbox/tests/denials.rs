@@ -89,6 +89,96 @@ fn parent_pid() -> i32 {
 }
 
 fn probes() -> Vec<Probe> {
+    let mut all = worker_probes();
+    let render_server = render_server_probes(&all);
+    all.extend(render_server);
+    all
+}
+
+/// The render server's box: the same attempts as a worker's, where its
+/// profile answers some differently (it may exec, but Landlock lets it run
+/// only the render server; it may signal, but only inside its namespace).
+/// Its filter kills without a report (the render server is foreign code).
+fn render_server_probes(worker: &[Probe]) -> Vec<Probe> {
+    use Expect::*;
+    let like = |name: &str, as_name: &'static str, expect: Expect| {
+        let p = worker
+            .iter()
+            .find(|p| p.name == name)
+            .expect("a worker probe");
+        Probe {
+            name: as_name,
+            setup: Setup::Production,
+            phase: Phase::Init,
+            profile: Profile::RenderServer,
+            expect,
+            run: p.run,
+        }
+    };
+    let mut out = vec![
+        like("open_etc_shadow", "rs_open_etc_shadow", Errno(libc::ENOENT)),
+        like("list_root_home", "rs_list_root_home", Errno(libc::ENOENT)),
+        like(
+            "create_file_in_usr",
+            "rs_create_file_in_usr",
+            Errno(libc::EROFS),
+        ),
+        like("socket_inet", "rs_socket_inet", Sigsys),
+        like("socket_netlink", "rs_socket_netlink", Sigsys),
+        like("execve", "rs_execve_another_program", Errno(libc::EACCES)),
+        like("fork", "rs_clone_with_other_flags", Sigsys),
+        like("ptrace_parent", "rs_ptrace_parent", Sigsys),
+        like(
+            "kill_broker",
+            "rs_kill_outside_its_namespace",
+            Errno(libc::ESRCH),
+        ),
+        like("mount_tmpfs", "rs_mount_tmpfs", Sigsys),
+        like("setuid_0", "rs_setuid_0", Sigsys),
+        like("unshare_user", "rs_unshare_user", Sigsys),
+        like("memfd_hugetlb", "rs_memfd_hugetlb", Sigsys),
+        like(
+            "mmap_write_exec_at_init",
+            "rs_mmap_write_exec",
+            Errno(libc::EACCES),
+        ),
+        like(
+            "inherited_fd_is_closed",
+            "rs_inherited_fd_is_closed",
+            Errno(libc::EBADF),
+        ),
+        like(
+            "alone_in_its_pid_namespace",
+            "rs_alone_in_its_pid_namespace",
+            Ok,
+        ),
+        like("read_libraries", "rs_read_libraries", Ok),
+    ];
+    out.push(Probe {
+        name: "rs_fork_a_context_process",
+        setup: Setup::Production,
+        phase: Phase::Init,
+        profile: Profile::RenderServer,
+        expect: Ok,
+        run: || {
+            // glibc's fork(), as the render server makes one process per
+            // context.
+            // SAFETY: the child exits at once without touching anything.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                // SAFETY: leaving the child without running destructors.
+                unsafe { libc::_exit(0) };
+            }
+            let mut status = 0;
+            check(pid.into())?;
+            // SAFETY: a valid out-pointer.
+            check(unsafe { libc::waitpid(pid, &mut status, 0) }.into())
+        },
+    });
+    out
+}
+
+fn worker_probes() -> Vec<Probe> {
     use Expect::*;
     use Phase::*;
     use Profile::*;
@@ -686,6 +776,14 @@ fn run_probe(name: &str) -> ! {
     }
     if probe.setup == Setup::SeccompOnly {
         seccomp_only(&probe);
+    } else if probe.profile == Profile::RenderServer {
+        let program = std::path::PathBuf::from("/usr/libexec/virgl_render_server");
+        let config = SandboxConfig::for_render_server(None, None, program);
+        let report = confine(&config).unwrap_or_else(|e| {
+            eprintln!("confine failed: {e}");
+            std::process::exit(2)
+        });
+        eprintln!("{name}: {report:?}");
     } else {
         let mut config = SandboxConfig::for_worker(None, None, Some(report()));
         config.profile = probe.profile;
@@ -767,7 +865,9 @@ fn main() {
                     .unwrap_or("?")
                     .to_string()
             });
-        let verdict = if got == probe.expect && (got != Expect::Sigsys || reported.is_some()) {
+        // The render server's filter kills unreported (no handler of ours).
+        let needs_report = got == Expect::Sigsys && probe.profile != Profile::RenderServer;
+        let verdict = if got == probe.expect && (!needs_report || reported.is_some()) {
             "ok"
         } else {
             failures.push(format!(

@@ -91,6 +91,11 @@ pub trait Backend {
     fn take_context_fences(&mut self) -> Vec<ContextFence>;
     /// An fd that becomes readable when fences may have retired.
     fn poll_fd(&self) -> Option<BorrowedFd<'_>>;
+    /// An fd whose hang-up (`POLLHUP`) means the renderer is gone (a Venus
+    /// worker's render server connection): the session then ends.
+    fn liveness_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
     /// Whether an allocation of the renderer failed since the last call.
     fn take_out_of_memory(&mut self) -> bool {
         false

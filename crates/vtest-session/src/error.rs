@@ -75,6 +75,10 @@ pub enum SessionError {
     UnknownSync { command: CommandId, id: u32 },
     #[error("unexpected {0:?}")]
     UnexpectedCommand(CommandId),
+    /// The backend's process went away under the client (a Venus render
+    /// server that crashed or was killed).
+    #[error("the renderer ended: its render server connection hung up")]
+    BackendGone,
 }
 
 impl SessionError {

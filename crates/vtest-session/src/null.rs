@@ -33,6 +33,7 @@ pub struct NullBackend {
     pub submitted_dwords: usize,
     memory_limit: Option<usize>,
     out_of_memory: bool,
+    liveness: Option<OwnedFd>,
 }
 
 impl NullBackend {
@@ -42,6 +43,15 @@ impl NullBackend {
     pub fn with_memory_limit(bytes: usize) -> Self {
         NullBackend {
             memory_limit: Some(bytes),
+            ..NullBackend::default()
+        }
+    }
+
+    /// A backend whose renderer lives as long as `fd`'s peer (as a Venus
+    /// worker's render server connection).
+    pub fn with_liveness_fd(fd: OwnedFd) -> Self {
+        NullBackend {
+            liveness: Some(fd),
             ..NullBackend::default()
         }
     }
@@ -244,6 +254,11 @@ impl Backend for NullBackend {
 
     fn take_context_fences(&mut self) -> Vec<ContextFence> {
         std::mem::take(&mut self.ring_fences)
+    }
+
+    fn liveness_fd(&self) -> Option<BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.liveness.as_ref().map(AsFd::as_fd)
     }
 
     fn poll_fd(&self) -> Option<BorrowedFd<'_>> {

@@ -102,7 +102,15 @@ impl<B: Backend> Session<B> {
 
     /// Blocks until the client or the renderer's fence fd is readable.
     fn wait_for_events(&self, timeout: PollTimeout) -> Result<(bool, bool), SessionError> {
-        let mut fds = vec![PollFd::new(self.input.as_fd(), PollFlags::POLLIN)];
+        // Nothing is asked of the liveness fd (poll reports POLLHUP and POLLERR
+        // whatever is asked): its traffic belongs to the renderer.
+        let mut fds = Vec::with_capacity(3);
+        let alive_at = self.dispatcher.liveness_fd().map(|fd| {
+            fds.push(PollFd::new(fd, PollFlags::empty()));
+            fds.len() - 1
+        });
+        fds.push(PollFd::new(self.input.as_fd(), PollFlags::POLLIN));
+        let client_at = fds.len() - 1;
         if let Some(fd) = self.dispatcher.fence_fd() {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
@@ -112,7 +120,13 @@ impl<B: Backend> Session<B> {
             Err(e) => return Err(SessionError::Io(e.into())),
         }
         let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-        Ok((ready(&fds[0]), fds.get(1).is_some_and(ready)))
+        if alive_at.is_some_and(|i| ready(&fds[i])) {
+            return Err(SessionError::BackendGone);
+        }
+        Ok((
+            ready(&fds[client_at]),
+            fds.get(client_at + 1).is_some_and(ready),
+        ))
     }
 
     /// Reads what arrived and runs every complete request. False on EOF.

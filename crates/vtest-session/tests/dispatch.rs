@@ -634,3 +634,31 @@ fn submit_cmd2_at_stride_6_signals_both_batches() {
     assert_eq!(p.read_words(4), [2, 21, 9, 1]);
     p.finish().unwrap();
 }
+
+/// A Venus worker's render server that dies: the session ends with the
+/// reason at once, not at the client's next request (which may never come:
+/// Mesa's Venus waits on shared memory).
+#[test]
+fn a_backend_that_hangs_up_ends_the_session() {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let mut peer = start_with(
+        NullBackend::with_liveness_fd(OwnedFd::from(ours)),
+        SessionLimits::default(),
+    );
+    peer.handshake(3);
+    // Traffic on the liveness fd is the renderer's, not a hang-up.
+    (&theirs).write_all(b"renderer traffic").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!peer.server.as_ref().unwrap().is_finished());
+    drop(theirs);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !peer.server.as_ref().unwrap().is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        peer.server.as_ref().unwrap().is_finished(),
+        "the session outlived its renderer"
+    );
+    let err = peer.expect_error();
+    assert!(matches!(err, SessionError::BackendGone), "{err:?}");
+}

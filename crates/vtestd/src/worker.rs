@@ -6,7 +6,7 @@ mod backend;
 mod startup;
 mod venus;
 
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -115,7 +115,16 @@ pub fn run(args: WorkerArgs) -> ExitCode {
     } else {
         None
     };
-    let keep: Vec<RawFd> = render_server.iter().map(AsRawFd::as_raw_fd).collect();
+    // Kept to notice the render server's end (the renderer owns the other).
+    let liveness = match render_server.as_ref().map(OwnedFd::try_clone).transpose() {
+        Ok(fd) => fd,
+        Err(e) => return init_failed(&channel, "render server", e.to_string()),
+    };
+    let keep: Vec<RawFd> = render_server
+        .iter()
+        .chain(liveness.iter())
+        .map(AsRawFd::as_raw_fd)
+        .collect();
     let profile = match sandbox::confine(&args.renderer, rlimits, &channel, &keep) {
         Ok(profile) => profile,
         Err(e) => return init_failed(&channel, "sandbox", e),
@@ -190,7 +199,7 @@ pub fn run(args: WorkerArgs) -> ExitCode {
     test_hooks::control_flood(&channel, client.client_id);
     #[cfg(feature = "test-hooks")]
     test_hooks::forge_log_line(client.client_id);
-    let backend = VirglBackend::new(renderer);
+    let backend = VirglBackend::new(renderer, liveness);
     let mut session = match Session::new(backend, stream, session_limits(&limits)) {
         Ok(s) => s,
         Err(e) => {
@@ -271,7 +280,7 @@ fn exit_reason(e: &SessionError, reason: String, limits: &vtest_sandbox::Rlimits
                 reason: format!("{reason} ({limit})"),
             }
         }
-        SessionError::Renderer { .. } | SessionError::ContextFailed => {
+        SessionError::Renderer { .. } | SessionError::ContextFailed | SessionError::BackendGone => {
             ExitReason::RendererError { reason }
         }
         _ => ExitReason::ProtocolError { reason },

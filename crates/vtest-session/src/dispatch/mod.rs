@@ -152,6 +152,10 @@ impl<B: Backend> Dispatcher<B> {
         self.backend.poll_fd()
     }
 
+    pub(crate) fn liveness_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.backend.liveness_fd()
+    }
+
     /// Releases everything the client still holds.
     pub(crate) fn teardown(&mut self) {
         for handle in self.resources.handles() {

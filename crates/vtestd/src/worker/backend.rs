@@ -3,7 +3,7 @@
 //! `vtest-session`, so that the session's dispatch logic, its null backend and
 //! its fuzz target link no virglrenderer.
 
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use vtest_protocol::{ContextFence, ResourceCreate, ResourceCreateBlob, TransferArgs};
 use vtest_renderer::{BlobArgs, BlobFdType, Renderer, RendererError, ResourceCreateArgs};
@@ -18,18 +18,23 @@ pub struct VirglBackend {
     /// The context is a Venus one: its fences retire through its own poll
     /// fd (the render server's eventfd), not the GL renderer's.
     venus: bool,
+    /// The worker's copy of its render server connection, watched for a
+    /// hang-up (Venus workers only).
+    render_server: Option<OwnedFd>,
 }
 
 /// `VIRGL_RENDERER_CAPSET_VENUS`.
 const CAPSET_VENUS: u32 = 4;
 
 impl VirglBackend {
-    /// Wraps an initialised renderer.
-    pub fn new(renderer: Renderer) -> Self {
+    /// Wraps an initialised renderer (and a Venus worker's copy of its
+    /// render server connection).
+    pub fn new(renderer: Renderer, render_server: Option<OwnedFd>) -> Self {
         VirglBackend {
             renderer,
             context: None,
             venus: false,
+            render_server,
         }
     }
 }
@@ -187,6 +192,10 @@ impl Backend for VirglBackend {
 
     fn take_context_fences(&mut self) -> Vec<ContextFence> {
         self.renderer.take_context_fences()
+    }
+
+    fn liveness_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.render_server.as_ref().map(AsFd::as_fd)
     }
 
     fn poll_fd(&self) -> Option<BorrowedFd<'_>> {
