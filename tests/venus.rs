@@ -68,12 +68,20 @@ fn descendants(pid: u32) -> BTreeMap<u32, String> {
     out
 }
 
-fn render_servers(broker: u32) -> Vec<u32> {
-    descendants(broker)
+/// The render servers below `root` and every process they forked (which
+/// name themselves after their context soon after the fork).
+fn render_servers(root: u32) -> Vec<u32> {
+    let mut out: Vec<u32> = descendants(root)
         .into_iter()
         .filter(|(_, comm)| comm == RENDER_SERVER_COMM)
         .map(|(pid, _)| pid)
-        .collect()
+        .collect();
+    for pid in out.clone() {
+        out.extend(descendants(pid).into_keys());
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// `/proc/<pid>/status` fields.
@@ -296,7 +304,15 @@ fn a_crashed_render_server_ends_only_its_client() {
     let broker = server.pid();
     let dir = work_dir("venus-mixed");
     let mut venus = venus_client(&server);
-    assert!(eventually(20, || render_servers(broker).len() >= 2));
+    assert!(
+        eventually(20, || render_servers(broker).len() >= 2),
+        "render server processes: {:?}",
+        descendants(broker)
+    );
+    // Every worker of a Venus listener has a render server; the Venus
+    // client's is the only worker so far.
+    let venus_worker = children(broker);
+    assert_eq!(venus_worker.len(), 1, "{:?}", descendants(broker));
     let cmd = mesa_command(
         &server,
         &xvfb,
@@ -308,7 +324,7 @@ fn a_crashed_render_server_ends_only_its_client() {
         move || run_client(cmd, &dir, "glmark2", Duration::from_secs(120))
     });
     std::thread::sleep(Duration::from_secs(1));
-    for pid in render_servers(broker) {
+    for pid in render_servers(venus_worker[0]) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGKILL,
