@@ -662,3 +662,41 @@ fn a_backend_that_hangs_up_ends_the_session() {
     let err = peer.expect_error();
     assert!(matches!(err, SessionError::BackendGone), "{err:?}");
 }
+
+/// Host blobs (Venus device memory, exported to the client) count against
+/// the per-resource and total limits as guest memory does.
+#[test]
+fn host_blobs_count_against_the_resource_limits() {
+    let limits = SessionLimits {
+        max_resource_bytes: 1 << 20,
+        max_shm_bytes: 3 << 19,
+        ..SessionLimits::default()
+    };
+    let blob = |blob_type, size| {
+        Request::ResourceCreateBlob(vtest_protocol::ResourceCreateBlob {
+            blob_type,
+            flags: 1,
+            size,
+            blob_id: u64::from(blob_type == 2),
+        })
+    };
+    let mut p = start(limits);
+    p.handshake(3);
+    p.send(Request::ContextInit { capset: 2 });
+    p.send(blob(2, (1 << 20) + 1));
+    match p.expect_error() {
+        SessionError::LimitExceeded { limit, .. } => assert_eq!(limit, "max_resource_bytes"),
+        other => panic!("{other:?}"),
+    }
+    let mut p = start(limits);
+    p.handshake(3);
+    p.send(Request::ContextInit { capset: 2 });
+    // 1 MiB of guest memory, then half a MiB and a byte of host memory.
+    p.send(blob(1, 1 << 20));
+    assert_eq!(p.read_words(3)[1], CommandId::ResourceCreateBlob as u32);
+    p.send(blob(2, (1 << 19) + 1));
+    match p.expect_error() {
+        SessionError::LimitExceeded { limit, .. } => assert_eq!(limit, "max_shm_bytes"),
+        other => panic!("{other:?}"),
+    }
+}

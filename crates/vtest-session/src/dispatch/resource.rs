@@ -85,11 +85,13 @@ impl<B: Backend> Dispatcher<B> {
         let blob_type = BlobType::from_u32(blob.blob_type)
             .ok_or_else(|| invalid(command, format!("blob type {}", blob.blob_type)))?;
         let guest_backed = blob_type != BlobType::Host3d;
-        let shm_bytes = if guest_backed { blob.size } else { 0 };
         if guest_backed && blob.size == 0 {
             return Err(invalid(command, "empty guest blob"));
         }
-        self.check_new_resource(shm_bytes)?;
+        // Host memory (Venus device memory exported to the client) counts
+        // as guest memory does: per resource and in the client's total.
+        let bytes = blob.size;
+        self.check_new_resource(bytes)?;
         let handle = self.resources.allocate_id();
         let mut backing = if guest_backed {
             Some(self.shared_memory(command, handle, blob.size)?)
@@ -100,7 +102,7 @@ impl<B: Backend> Dispatcher<B> {
         self.backend
             .resource_create_blob(CTX_ID, handle, &blob, backing)
             .map_err(|source| SessionError::Renderer { command, source })?;
-        self.resources.insert(handle, shm_bytes);
+        self.resources.insert(handle, bytes);
         let fd = match guest_fd {
             Some(fd) => fd,
             None => self
