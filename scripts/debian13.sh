@@ -26,7 +26,7 @@ packages=(
   build-essential pkg-config libclang-dev libvirglrenderer-dev libepoxy-dev libgbm-dev libegl-dev
   libegl-mesa0 libgl1-mesa-dri libgles2
   virgl-server mesa-utils xvfb xauth glmark2-x11 glmark2-es2-x11 piglit util-linux python3 procps strace
-  mesa-vulkan-drivers vulkan-tools
+  mesa-vulkan-drivers vulkan-tools libvulkan-dev
   ca-certificates debootstrap dpkg-dev binutils lintian man-db systemd systemd-container
   rpm rpmlint python3-yaml
 )
