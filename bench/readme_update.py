@@ -19,11 +19,18 @@ import tempfile
 
 BEGIN = "<!-- bench:begin -->"
 END = "<!-- bench:end -->"
+
+
+def markers(block):
+    """The marker lines of block NAME (`bench`: the side-by-side tables;
+    `venus-bench`: bench/venus_setup.py's)."""
+    return "<!-- %s:begin -->" % block, "<!-- %s:end -->" % block
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def replace_block(text, content):
+def replace_block(text, content, block="bench"):
     """text with the lines between the markers replaced by content."""
+    BEGIN, END = markers(block)
     lines = text.splitlines(keepends=True)
     begins = [i for i, ln in enumerate(lines) if ln.strip() == BEGIN]
     ends = [i for i, ln in enumerate(lines) if ln.strip() == END]
@@ -43,13 +50,15 @@ def main():
     ap.add_argument("file", help="Markdown written by side_by_side.py --markdown")
     ap.add_argument("--readme", default=os.path.join(REPO, "README.md"), help="default %(default)s")
     ap.add_argument("--dry-run", action="store_true", help="print the diff, change nothing")
+    ap.add_argument("--block", default="bench",
+                    help="which marked block: bench (side_by_side.py) or venus-bench (venus_setup.py)")
     args = ap.parse_args()
     with open(args.file) as f:
         content = f.read()
     with open(args.readme) as f:
         old = f.read()
     try:
-        new = replace_block(old, content)
+        new = replace_block(old, content, args.block)
     except ValueError as e:
         print("%s: %s" % (args.readme, e), file=sys.stderr)
         return 2
