@@ -37,6 +37,14 @@ CLIENTS = {
     "glmark2-shading": ["glmark2", "--off-screen", "-b", "shading:duration=1"],
 }
 
+# Vulkan through Mesa's Venus ICD (--venus: the server serves Venus; Debian
+# 13). Mesa 25 honours VTEST_SOCKET_NAME, but the private /tmp works too.
+VENUS_CLIENTS = {
+    "vulkaninfo": ["vulkaninfo", "--summary"],
+    "vulkaninfo-full": ["vulkaninfo"],
+}
+VENUS_ENV = {"VK_DRIVER_FILES": "/usr/share/vulkan/icd.d/virtio_icd.json", "VN_DEBUG": "vtest"}
+
 
 def load_proxy(path):
     spec = importlib.util.spec_from_file_location("vtest_proxy", path)
@@ -89,8 +97,13 @@ def main():
     ap.add_argument("--server", required=True, help="vtestd or virgl_test_server binary")
     ap.add_argument("--out", required=True)
     ap.add_argument("--max-bytes", type=int, default=64 << 10)
-    ap.add_argument("--clients", default=",".join(CLIENTS), help="comma-separated subset")
+    ap.add_argument("--clients", default=None, help="comma-separated subset")
+    ap.add_argument("--venus", action="store_true",
+                    help="serve Venus and capture the Vulkan clients (%s)" % ", ".join(VENUS_CLIENTS))
     a = ap.parse_args()
+    clients = VENUS_CLIENTS if a.venus else CLIENTS
+    if a.clients is None:
+        a.clients = ",".join(clients)
 
     vp = load_proxy(a.proxy)
     os.makedirs(a.out, exist_ok=True)
@@ -161,6 +174,8 @@ def main():
         cmd = [a.server, "serve", "--socket-path=%s" % upstream]
     else:
         cmd = [a.server, "--use-egl-surfaceless", "--socket-path=%s" % upstream]
+    if a.venus:
+        cmd.append("--venus")
     server = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=server_log,
                               stderr=server_log)
     xvfb = None
@@ -169,11 +184,14 @@ def main():
         xvfb, display = start_xvfb(server_log)
         env = dict(os.environ, DISPLAY=":%d" % display, GALLIUM_DRIVER="virpipe",
                    SWRAST_NO_PRESENT="1")
+        if a.venus:
+            env.update(VENUS_ENV)
+            env.pop("DISPLAY")
         for name in a.clients.split(","):
             current["client"] = name
             before = len(written)
             argv = ["unshare", "-m", "--propagation", "private", "sh", "-c",
-                    'mount --bind "$0" /tmp && exec "$@"', relay_dir] + CLIENTS[name]
+                    'mount --bind "$0" /tmp && exec "$@"', relay_dir] + clients[name]
             r = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                timeout=300)

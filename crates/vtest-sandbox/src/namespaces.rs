@@ -38,7 +38,11 @@ pub struct RootFs {
 /// Enters new user, network and IPC namespaces, then the mount namespace
 /// with the minimal root. Each step that the host forbids is skipped and
 /// reported.
-pub(crate) fn enter(root: &RootFs, report: &mut Vec<(Layer, Outcome)>) -> Result<(), SandboxError> {
+pub(crate) fn enter(
+    root: &RootFs,
+    role: &'static str,
+    report: &mut Vec<(Layer, Outcome)>,
+) -> Result<(), SandboxError> {
     let uid = geteuid();
     let gid = getegid();
     match unshare(CloneFlags::CLONE_NEWUSER) {
@@ -70,7 +74,7 @@ pub(crate) fn enter(root: &RootFs, report: &mut Vec<(Layer, Outcome)>) -> Result
     report.push((Layer::MountNamespace, outcome));
     let outcome = match unshare(CloneFlags::CLONE_NEWPID) {
         Ok(()) => {
-            crate::pid::enter()?;
+            crate::pid::enter(role)?;
             Outcome::Applied
         }
         Err(e) => Outcome::Unavailable(e.to_string()),

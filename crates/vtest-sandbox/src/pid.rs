@@ -48,7 +48,7 @@ fn ends_a_process(signal: Signal) -> bool {
 }
 
 /// Forks into the new PID namespace; returns in the child only.
-pub(crate) fn enter() -> Result<(), SandboxError> {
+pub(crate) fn enter(role: &'static str) -> Result<(), SandboxError> {
     // SAFETY: the worker is single-threaded here (the renderer, which starts
     // threads, comes later), so the child may run arbitrary code.
     match unsafe { fork() }.map_err(SandboxError::Fork)? {
@@ -56,12 +56,12 @@ pub(crate) fn enter() -> Result<(), SandboxError> {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(SandboxError::Fork)?;
             Ok(())
         }
-        ForkResult::Parent { child } => reap(child),
+        ForkResult::Parent { child } => reap(child, role),
     }
 }
 
 /// The parent's whole life.
-fn reap(child: Pid) -> ! {
+fn reap(child: Pid, role: &'static str) -> ! {
     // Nothing of the worker's: stdin (the control channel), stdout and every
     // other fd go; stderr stays for a last word.
     let _ = nix::unistd::close(0);
@@ -80,15 +80,30 @@ fn reap(child: Pid) -> ! {
                 }
                 std::process::exit(code);
             }
-            Ok(WaitStatus::Signaled(_, sig, _)) => match mirrored_signal(exit_code_for(sig as i32))
-            {
-                Some(sig) => die_of(sig),
-                None => std::process::exit(exit_code_for(sig as i32)),
-            },
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                if let Some(why) = last_word(role, sig) {
+                    eprintln!("{why}");
+                }
+                match mirrored_signal(exit_code_for(sig as i32)) {
+                    Some(sig) => die_of(sig),
+                    None => std::process::exit(exit_code_for(sig as i32)),
+                }
+            }
             Err(nix::errno::Errno::EINTR) => continue,
             _ => std::process::exit(1),
         }
     }
+}
+
+/// What the reaper says when its child died of `sig`: only for a render
+/// server's SIGSYS (a worker reports its own through its handler).
+fn last_word(role: &str, sig: Signal) -> Option<String> {
+    (role == "render server" && sig == Signal::SIGSYS).then(|| {
+        format!(
+            "{role} killed by SIGSYS: a system call outside policies/seccomp/render-server.json \
+             (the kernel's audit log, dmesg, names it)"
+        )
+    })
 }
 
 fn die_of(sig: Signal) -> ! {
@@ -101,6 +116,14 @@ fn die_of(sig: Signal) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_render_servers_sigsys_is_told() {
+        let said = last_word("render server", Signal::SIGSYS).unwrap();
+        assert!(said.contains("render-server.json"), "{said}");
+        assert_eq!(last_word("render server", Signal::SIGKILL), None);
+        assert_eq!(last_word("worker", Signal::SIGSYS), None);
+    }
 
     #[test]
     fn ending_signals_are_mirrored() {
