@@ -203,6 +203,18 @@ fn the_render_server_of_a_live_venus_client_is_confined() {
         }
     }
     assert_eq!(pid_one, 1, "the render server is PID 1 of its namespace");
+    // A blob the client maps (Mesa's Venus shares its rings this way)
+    // comes sealed: the client cannot shrink or grow it under the worker.
+    let mut client = client;
+    let (_, fd) = client
+        .resource_create_blob(1, 1, 1 << 20, 0)
+        .expect("a guest blob");
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    let seals = SealFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GET_SEALS).unwrap());
+    assert!(
+        seals.contains(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL),
+        "seals {seals:?}"
+    );
     // Its seccomp profile kills on a call outside it (not a trap the
     // render server could catch).
     drop(client);
