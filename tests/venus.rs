@@ -203,12 +203,13 @@ fn the_render_server_of_a_live_venus_client_is_confined() {
         }
     }
     assert_eq!(pid_one, 1, "the render server is PID 1 of its namespace");
-    // A blob the client maps (Mesa's Venus shares its rings this way)
-    // comes sealed: the client cannot shrink or grow it under the worker.
+    // A blob the client maps (a host blob with id 0: Mesa's Venus shares
+    // its rings this way, memory of the render server) comes sealed: the
+    // client cannot shrink or grow it under the render server.
     let mut client = client;
     let (_, fd) = client
-        .resource_create_blob(1, 1, 1 << 20, 0)
-        .expect("a guest blob");
+        .resource_create_blob(2, 1, 1 << 20, 0)
+        .expect("a ring blob");
     use nix::fcntl::{fcntl, FcntlArg, SealFlag};
     let seals = SealFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GET_SEALS).unwrap());
     assert!(

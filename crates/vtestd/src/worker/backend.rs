@@ -43,6 +43,25 @@ fn err(operation: &'static str) -> impl FnOnce(RendererError) -> BackendError {
     move |e| BackendError::new(operation, e)
 }
 
+/// `fd` (a memfd) with its size sealed: the client can neither shrink it
+/// under a mapping of the worker or the render server nor grow it, nor
+/// undo that. virglrenderer seals what its proxy receives; this makes sure.
+fn sealed(fd: OwnedFd) -> Result<OwnedFd, BackendError> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    let want = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+    let refused = |e: nix::Error| {
+        BackendError::new(
+            "resource_export_blob",
+            format!("a shared-memory blob that cannot be sealed is not shared: {e}"),
+        )
+    };
+    let has = SealFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GET_SEALS).map_err(refused)?);
+    if !has.contains(want) {
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(want - has)).map_err(refused)?;
+    }
+    Ok(fd)
+}
+
 impl Backend for VirglBackend {
     fn capset_info(&self, set: u32) -> (u32, u32) {
         Renderer::capset_info(set)
@@ -118,7 +137,10 @@ impl Backend for VirglBackend {
             .resource_export_blob(handle)
             .map_err(err("resource_export_blob"))?;
         match kind {
-            BlobFdType::Dmabuf | BlobFdType::Shm => Ok(fd),
+            BlobFdType::Dmabuf => Ok(fd),
+            // The render server's memory (Venus rings, device memory):
+            // sealed before the client gets it, as ours are.
+            BlobFdType::Shm => sealed(fd),
             BlobFdType::Opaque => Err(BackendError::new(
                 "resource_export_blob",
                 "opaque fds cannot be shared with a client",
