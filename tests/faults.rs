@@ -421,10 +421,15 @@ fn memory_limit_hit_in_a_worker_ends_only_that_client() {
         );
     };
     assert!(matches!(ended, Error::Disconnected), "{ended}");
+    // Which allocation meets the limit first, the renderer's or the one
+    // for the client's next transfer, depends on the heap's layout (Debian
+    // 13 has shown both); either ends the client with the limit named.
     assert!(
-        eventually(5, || a
-            .log()
-            .contains("GL_OUT_OF_MEMORY (worker_memory_mib")),
+        eventually(5, || {
+            let log = a.log();
+            log.contains("GL_OUT_OF_MEMORY (worker_memory_mib")
+                || log.contains("the worker ran out of memory: Cannot allocate memory (os error 12) (worker_memory_mib")
+        }),
         "{}",
         a.log()
     );
