@@ -948,3 +948,39 @@ fn clients_that_wait_for_a_worker_start_are_counted() {
         "between pool and pool_max: {status}"
     );
 }
+
+#[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
+fn only_a_listeners_first_worker_makes_the_check_context() {
+    let server = Server::start_with_env(
+        common::server::ServerKind::Vtestd,
+        &["--pool=1"],
+        &[("RUST_LOG", "info,vtestd=debug")],
+    );
+    let ready = || server.status()["listeners"][0]["pool_ready"] == 1;
+    for i in 0..2 {
+        assert!(
+            eventually(30, ready),
+            "pool worker ready: {}",
+            server.status()
+        );
+        Tenant::connect(&server, &format!("client-{i}")).round_trip(1);
+    }
+    assert!(eventually(30, ready));
+    let log = server.log_text();
+    let startups: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("start-up phases="))
+        .collect();
+    // The probe (which became the first pool worker), then one per client.
+    assert!(startups.len() >= 3, "{log}");
+    let checked = startups
+        .iter()
+        .filter(|l| l.contains("check context"))
+        .count();
+    assert_eq!(checked, 1, "the probe alone: {startups:#?}");
+    assert!(startups[0].contains("check context"), "{startups:#?}");
+}

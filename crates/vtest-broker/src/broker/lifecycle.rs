@@ -90,6 +90,15 @@ impl Broker {
                 }
             }
         }
+        for (listener, args) in self.workers.take_checked() {
+            let l = self.listeners.named(&listener);
+            if let Some(l) = l.and_then(|l| self.listeners.get_mut(l)) {
+                // A check of arguments a reload has since replaced counts not.
+                if l.command.args == args {
+                    l.checked = Some(args);
+                }
+            }
+        }
         if self.stop.is_some() {
             return;
         }
@@ -163,6 +172,10 @@ impl Broker {
         if self.cgroups.is_some() {
             command.args.push("--wait-for-cgroup".into());
         }
+        let check = l.needs_check().then(|| l.command.args.clone());
+        if check.is_some() {
+            command.args.push("--check-context".into());
+        }
         let (pid, log) = match command.spawn(theirs.into_fd(), uid) {
             Ok(spawned) => spawned,
             Err(e) => {
@@ -185,6 +198,7 @@ impl Broker {
         let id = self.workers.insert(pid, &name, ours, log, role);
         if let Some(w) = self.workers.get_mut(id) {
             w.cgroup = cgroup;
+            w.checks = check;
         }
         debug!(worker = pid, listener = %name, "worker started");
         Some(id)
