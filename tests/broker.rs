@@ -984,3 +984,34 @@ fn only_a_listeners_first_worker_makes_the_check_context() {
     assert_eq!(checked, 1, "the probe alone: {startups:#?}");
     assert!(startups[0].contains("check context"), "{startups:#?}");
 }
+
+#[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
+fn a_client_is_served_by_the_context_its_worker_made_at_start_up() {
+    // No pool: the probe ends, and each client's worker starts for it.
+    let server = Server::start_with_env(
+        common::server::ServerKind::Vtestd,
+        &[],
+        &[("RUST_LOG", "info,vtestd=debug,vtest_renderer=debug")],
+    );
+    for i in 0..2 {
+        Tenant::connect(&server, &format!("client-{i}")).round_trip(1);
+    }
+    let broker = server.pid();
+    assert!(eventually(10, || children(broker).is_empty()));
+    let log = server.log_text();
+    let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    let (startups, checks) = (count("start-up phases="), count("check context"));
+    assert_eq!(startups, 3, "the probe and two clients' workers: {log}");
+    // Each worker made one context at start-up (the probe one more, its
+    // check); the clients' contexts were those.
+    assert_eq!(count("context created"), startups + checks, "{log}");
+    assert_eq!(
+        count("the client's context was made at start-up"),
+        2,
+        "{log}"
+    );
+}

@@ -116,13 +116,17 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         Err(e) => return init_failed(&channel, "renderer", e.to_string()),
     };
     phases.end("renderer");
-    // A throwaway context while files may still be opened: what a client's
-    // first CONTEXT_CREATE loads lazily (libepoxy's GLES library, Mesa's
-    // per-context configuration) is loaded now.
-    if let Err(e) = renderer.context_create(PROBE_CTX_ID, b"vtestd-warm-up") {
+    // A context while files may still be opened: what a client's first
+    // CONTEXT_CREATE loads lazily (libepoxy's GLES library, Mesa's
+    // per-context configuration) is loaded now. It is made as the client's
+    // own (its id, the default capset), which then costs the client no
+    // second one (about 2 ms of CPU); a client that asks for another
+    // capset gets its own. Its name, virglrenderer's debug label, is not
+    // the client's: the worker logs that with the client's identity.
+    let prepared = vtest_session::CLIENT_CTX_ID;
+    if let Err(e) = renderer.context_create(prepared, b"vtestd") {
         return init_failed(&channel, "renderer context", e.to_string());
     }
-    renderer.context_destroy(PROBE_CTX_ID);
     phases.end("warm-up context");
     let profile = profile.map(|p| sandbox::steady_profile(p, renderer.gl_renderer()));
     if let Some(profile) = profile {
@@ -179,7 +183,7 @@ pub fn run(args: WorkerArgs) -> ExitCode {
     test_hooks::control_flood(&channel, client.client_id);
     #[cfg(feature = "test-hooks")]
     test_hooks::forge_log_line(client.client_id);
-    let backend = VirglBackend::new(renderer);
+    let backend = VirglBackend::new(renderer, Some(prepared));
     let mut session = match Session::new(backend, stream, session_limits(&limits)) {
         Ok(s) => s,
         Err(e) => {

@@ -9,20 +9,26 @@ use vtest_protocol::{ContextFence, ResourceCreate, ResourceCreateBlob, TransferA
 use vtest_renderer::{BlobArgs, BlobFdType, Renderer, RendererError, ResourceCreateArgs};
 use vtest_shm::SharedMemory;
 
-use vtest_session::{Backend, BackendError};
+use vtest_session::{Backend, BackendError, CAPSET_VIRGL2};
 
 /// virglrenderer, initialised once in this worker process.
 pub struct VirglBackend {
     renderer: Renderer,
     context: Option<u32>,
+    /// A context the worker created before the client came (with the
+    /// default capset), which serves the client's first context of that id
+    /// and capset instead of a new one.
+    prepared: Option<u32>,
 }
 
 impl VirglBackend {
-    /// Wraps an initialised renderer.
-    pub fn new(renderer: Renderer) -> Self {
+    /// Wraps an initialised renderer; `prepared` names a context already
+    /// created on it with the default capset (VIRGL2).
+    pub fn new(renderer: Renderer, prepared: Option<u32>) -> Self {
         VirglBackend {
             renderer,
             context: None,
+            prepared,
         }
     }
 }
@@ -46,6 +52,15 @@ impl Backend for VirglBackend {
         capset: Option<u32>,
         name: &[u8],
     ) -> Result<(), BackendError> {
+        if let Some(prepared) = self.prepared.take() {
+            if prepared == ctx_id && capset.unwrap_or(CAPSET_VIRGL2) == CAPSET_VIRGL2 {
+                tracing::debug!(ctx_id, "the client's context was made at start-up");
+                self.context = Some(ctx_id);
+                return Ok(());
+            }
+            // Another capset (Venus) or id: the client's own context.
+            self.renderer.context_destroy(prepared);
+        }
         match capset {
             None => self.renderer.context_create(ctx_id, name),
             Some(c) => self.renderer.context_create_with_capset(ctx_id, c, name),
