@@ -47,14 +47,27 @@ def own_cpu_s():
     return r.ru_utime + r.ru_stime
 
 
-def measure(servers, clients, block, gap):
+def ping_client(path):
+    sbs.ping_once(path)
+
+
+def render_client(path):
+    """A client that makes the server create its context (a resource, an
+    empty submit, a wait), then hangs up."""
+    sbs.active_client(path).close()
+
+
+CLIENTS = {"ping": ping_client, "render": render_client}
+
+
+def measure(servers, clients, block, gap, client):
     """Sequential clients, one per server in turn (the order alternating),
     so that whatever else the machine does weighs on every server alike.
     Returns {label: [CPU ms per client of each block of `block` clients]}."""
     per_block = {s.label: [] for s in servers}
     for server in servers:  # unmeasured: first clients, pool refill
         for _ in range(3):
-            sbs.ping_once(server.socket)
+            client(server.socket)
             time.sleep(gap)
     for server in servers:
         server.wait_idle()
@@ -62,7 +75,7 @@ def measure(servers, clients, block, gap):
         start = {s.label: s.cpu_s() for s in servers}
         for i in range(block):
             for server in (servers if (b * block + i) % 2 == 0 else servers[::-1]):
-                sbs.ping_once(server.socket)
+                client(server.socket)
                 time.sleep(gap)
         for server in servers:
             server.wait_idle()
@@ -78,6 +91,9 @@ def main():
     p.add_argument("--clients", type=int, default=60, help="measured clients per server")
     p.add_argument("--block", type=int, default=10,
                    help="clients per block: the figures are per block, and their ratios")
+    p.add_argument("--client", choices=sorted(CLIENTS), default="ping",
+                   help="ping: CREATE_RENDERER + PING (no context); render: the server "
+                   "also creates the client's context and a resource (default ping)")
     p.add_argument("--gap-ms", type=float, default=150,
                    help="pause after each client (a worker start must fit in it)")
     args = p.parse_args()
@@ -99,15 +115,16 @@ def main():
         if any(s.cpu_s() is None for s in started):
             sys.exit("perf_event_open failed (run as root): %s" % sbs.PERF_NOTE)
         busy0, own0 = machine_busy_s(), own_cpu_s()
-        per_block = measure(started, args.clients, args.block, args.gap_ms / 1e3)
+        per_block = measure(started, args.clients, args.block, args.gap_ms / 1e3,
+                            CLIENTS[args.client])
         busy = (machine_busy_s() - busy0) - (own_cpu_s() - own0)
     finally:
         for s in started:
             s.stop()
             s.cleanup()
     first = started[0].label
-    print("CPU ms per client of each server's tree, %d clients each in blocks of %d" % (
-        args.clients, args.block))
+    print("CPU ms per %s client of each server's tree, %d clients each in blocks of %d" % (
+        args.client, args.clients, args.block))
     for label, blocks in per_block.items():
         ratios = [b / a for a, b in zip(per_block[first], blocks)]
         print("  %-10s median %7.2f  mean %7.2f  (blocks %s)  /%s: median %.3f" % (
