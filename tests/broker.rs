@@ -1015,3 +1015,48 @@ fn a_client_is_served_by_the_context_its_worker_made_at_start_up() {
         "{log}"
     );
 }
+
+#[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
+fn clients_beyond_one_start_per_core_queue_for_a_worker() {
+    use std::io::Write;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // No pool, and workers that never become ready: the first clients hold
+    // a start each, the rest must wait.
+    let server = Server::start_with_env(
+        common::server::ServerKind::Vtestd,
+        &[],
+        &[("VTESTD_TEST_NEVER_READY", "1")],
+    );
+    let broker = server.pid();
+    let clients: Vec<UnixStream> = (0..cores + 2)
+        .map(|_| {
+            let mut s = UnixStream::connect(server.socket_path()).unwrap();
+            // CREATE_RENDERER: the first byte asks for a worker.
+            s.write_all(&[5, 0, 0, 0, 8, 0, 0, 0, b't', b'e', b's', b't', 0])
+                .unwrap();
+            s
+        })
+        .collect();
+    let queued = || server.status()["listeners"][0]["queued"] == 2;
+    assert!(eventually(10, queued), "{}", server.status());
+    assert_eq!(children(broker).len(), cores, "one start per core");
+    let status = server.status();
+    let states: Vec<&str> = status["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states.iter().filter(|s| **s == "queued").count(),
+        2,
+        "{status}"
+    );
+    drop(clients);
+    // Its workers never end on their own; they die with the broker.
+    kill(Pid::from_raw(broker as i32), Signal::SIGKILL).unwrap();
+}

@@ -148,6 +148,8 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         }
     }
     phases.log();
+    #[cfg(feature = "test-hooks")]
+    test_hooks::never_ready(args.check_context);
     let _ = channel.send(
         &WorkerMsg::Ready {
             pid: std::process::id(),
@@ -327,6 +329,17 @@ mod test_hooks {
                 b"\n2001-01-01T00:00:00.000000Z  INFO stopped\x1b[2J\n\
                   2001-01-01T00:00:00.000000Z  WARN client ended: forged",
             );
+        }
+    }
+
+    /// `VTESTD_TEST_NEVER_READY=1`: workers after the listener's check
+    /// (the start-up probe still starts) never report Ready, so that
+    /// clients stay attached to starting workers, or queued for one.
+    pub fn never_ready(check_context: bool) {
+        if !check_context && std::env::var_os("VTESTD_TEST_NEVER_READY").is_some() {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
         }
     }
 

@@ -23,6 +23,13 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 /// After a pool worker fails to start, wait this long before the next.
 const POOL_BACKOFF: Duration = Duration::from_secs(2);
 
+/// How many workers start at once, at most, for pools and for clients
+/// alike: one per core (starts are CPU-bound: more would only slow each
+/// other down, and hold every one's memory at once).
+pub(super) fn start_slots() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) as u32
+}
+
 impl Broker {
     /// Before anyone is served, one worker per listener starts with the
     /// listener's backend and sandbox, initialises its renderer (a
@@ -102,7 +109,7 @@ impl Broker {
         if self.stop.is_some() {
             return;
         }
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        let cores = start_slots();
         for li in self.listeners.ids() {
             let Some(l) = self.listeners.get_mut(li) else {
                 continue;
