@@ -23,6 +23,7 @@ import argparse
 import os
 import resource
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -122,6 +123,8 @@ def main():
         for s in started:
             s.stop()
             s.cleanup()
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
     first = started[0].label
     print("CPU ms per %s client of each server's tree, %d clients each in blocks of %d" % (
         args.client, args.clients, args.block))
