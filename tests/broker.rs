@@ -948,3 +948,115 @@ fn clients_that_wait_for_a_worker_start_are_counted() {
         "between pool and pool_max: {status}"
     );
 }
+
+#[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
+fn only_a_listeners_first_worker_makes_the_check_context() {
+    let server = Server::start_with_env(
+        common::server::ServerKind::Vtestd,
+        &["--pool=1"],
+        &[("RUST_LOG", "info,vtestd=debug")],
+    );
+    let ready = || server.status()["listeners"][0]["pool_ready"] == 1;
+    for i in 0..2 {
+        assert!(
+            eventually(30, ready),
+            "pool worker ready: {}",
+            server.status()
+        );
+        Tenant::connect(&server, &format!("client-{i}")).round_trip(1);
+    }
+    assert!(eventually(30, ready));
+    let log = server.log_text();
+    let startups: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("start-up phases="))
+        .collect();
+    // The probe (which became the first pool worker), then one per client.
+    assert!(startups.len() >= 3, "{log}");
+    let checked = startups
+        .iter()
+        .filter(|l| l.contains("check context"))
+        .count();
+    assert_eq!(checked, 1, "the probe alone: {startups:#?}");
+    assert!(startups[0].contains("check context"), "{startups:#?}");
+}
+
+#[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
+fn a_client_is_served_by_the_context_its_worker_made_at_start_up() {
+    // No pool: the probe ends, and each client's worker starts for it.
+    let server = Server::start_with_env(
+        common::server::ServerKind::Vtestd,
+        &[],
+        &[("RUST_LOG", "info,vtestd=debug,vtest_renderer=debug")],
+    );
+    for i in 0..2 {
+        Tenant::connect(&server, &format!("client-{i}")).round_trip(1);
+    }
+    let broker = server.pid();
+    assert!(eventually(10, || children(broker).is_empty()));
+    let log = server.log_text();
+    let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    let (startups, checks) = (count("start-up phases="), count("check context"));
+    assert_eq!(startups, 3, "the probe and two clients' workers: {log}");
+    // Each worker made one context at start-up (the probe one more, its
+    // check); the clients' contexts were those.
+    assert_eq!(count("context created"), startups + checks, "{log}");
+    assert_eq!(
+        count("the client's context was made at start-up"),
+        2,
+        "{log}"
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(vtestd_mesa),
+    ignore = "needs Mesa's EGL and llvmpipe (libegl-mesa0, libgl1-mesa-dri)"
+)]
+fn clients_beyond_one_start_per_core_queue_for_a_worker() {
+    use std::io::Write;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // No pool, and workers that never become ready: the first clients hold
+    // a start each, the rest must wait.
+    let server = Server::start_with_env(
+        common::server::ServerKind::Vtestd,
+        &[],
+        &[("VTESTD_TEST_NEVER_READY", "1")],
+    );
+    let broker = server.pid();
+    let clients: Vec<UnixStream> = (0..cores + 2)
+        .map(|_| {
+            let mut s = UnixStream::connect(server.socket_path()).unwrap();
+            // CREATE_RENDERER: the first byte asks for a worker.
+            s.write_all(&[5, 0, 0, 0, 8, 0, 0, 0, b't', b'e', b's', b't', 0])
+                .unwrap();
+            s
+        })
+        .collect();
+    let queued = || server.status()["listeners"][0]["queued"] == 2;
+    assert!(eventually(10, queued), "{}", server.status());
+    assert_eq!(children(broker).len(), cores, "one start per core");
+    let status = server.status();
+    let states: Vec<&str> = status["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states.iter().filter(|s| **s == "queued").count(),
+        2,
+        "{status}"
+    );
+    drop(clients);
+    // Its workers never end on their own; they die with the broker.
+    kill(Pid::from_raw(broker as i32), Signal::SIGKILL).unwrap();
+}

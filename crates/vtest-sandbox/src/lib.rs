@@ -36,6 +36,7 @@ use std::path::{Path, PathBuf};
 
 pub use error::SandboxError;
 pub use namespaces::RootFs;
+pub use pid::cpu_before_fork;
 pub use rlimits::Rlimits;
 pub use seccomp::{Phase, Profile};
 pub use violation::ViolationReport;

@@ -9,8 +9,12 @@
 //! (watchdog, shutdown, `kill`), the kernel kills the child
 //! (`PR_SET_PDEATHSIG`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 use nix::sys::signal::{kill, signal, SigHandler, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
+use nix::time::{clock_gettime, ClockId};
 use nix::unistd::{fork, getpid, ForkResult, Pid};
 
 use crate::{privileges, seccomp, SandboxError};
@@ -47,8 +51,29 @@ fn ends_a_process(signal: Signal) -> bool {
     )
 }
 
+/// The process's CPU time (ns) just before [`enter`] forked, which the
+/// child's own clock (it starts at zero) no longer holds; 0 before a fork.
+static CPU_BEFORE_FORK_NS: AtomicU64 = AtomicU64::new(0);
+
+/// CPU time the worker had used when it forked into its PID namespace
+/// (for the start-up figures: the child's clock starts again at zero);
+/// `None` where it did not fork.
+pub fn cpu_before_fork() -> Option<Duration> {
+    match CPU_BEFORE_FORK_NS.load(Ordering::Relaxed) {
+        0 => None,
+        ns => Some(Duration::from_nanos(ns)),
+    }
+}
+
 /// Forks into the new PID namespace; returns in the child only.
 pub(crate) fn enter(role: &'static str) -> Result<(), SandboxError> {
+    if let Ok(t) = clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID) {
+        let ns = Duration::from(t).as_nanos();
+        CPU_BEFORE_FORK_NS.store(
+            u64::try_from(ns).unwrap_or(u64::MAX).max(1),
+            Ordering::Relaxed,
+        );
+    }
     // SAFETY: the worker is single-threaded here (the renderer, which starts
     // threads, comes later), so the child may run arbitrary code.
     match unsafe { fork() }.map_err(SandboxError::Fork)? {

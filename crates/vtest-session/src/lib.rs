@@ -19,6 +19,9 @@ mod session;
 mod syncs;
 
 pub use backend::{Backend, BackendError};
+/// The id of the client's renderer context, and the capset a context has
+/// unless the client's `CONTEXT_INIT` names another.
+pub use dispatch::{CAPSET_VIRGL2, CTX_ID as CLIENT_CTX_ID};
 pub use error::{SessionError, WorkerResource};
 pub use limits::SessionLimits;
 pub use null::{NullBackend, NULL_BAD_COMMAND};

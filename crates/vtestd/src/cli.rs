@@ -73,6 +73,11 @@ pub struct WorkerArgs {
     /// sandbox forks (so that every process of the worker is limited).
     #[arg(long)]
     pub wait_for_cgroup: bool,
+    /// Create and destroy a context under the steady seccomp filter before
+    /// Ready, so that a configuration the sandbox cannot serve fails at
+    /// start (the broker asks it of a listener's workers until one passed).
+    #[arg(long)]
+    pub check_context: bool,
 }
 
 impl WorkerArgs {

@@ -136,14 +136,19 @@ pub fn run(args: WorkerArgs) -> ExitCode {
     };
     phases.end("renderer");
     let gl = !args.renderer.no_virgl;
-    // A throwaway context while files may still be opened: what a client's
-    // first CONTEXT_CREATE loads lazily (libepoxy's GLES library, Mesa's
-    // per-context configuration) is loaded now.
-    if gl {
-        if let Err(e) = renderer.context_create(PROBE_CTX_ID, b"vtestd-warm-up") {
+    // A context while files may still be opened: what a client's first
+    // CONTEXT_CREATE loads lazily (libepoxy's GLES library, Mesa's
+    // per-context configuration) is loaded now. It is made as the client's
+    // own (its id, the default capset), which then costs the client no
+    // second one (about 2 ms of CPU); a client that asks for another
+    // capset (Venus) gets its own. Its name, virglrenderer's debug label,
+    // is not the client's: the worker logs that with the client's
+    // identity. A Vulkan-only worker (--no-virgl) makes none.
+    let prepared = gl.then_some(vtest_session::CLIENT_CTX_ID);
+    if let Some(ctx) = prepared {
+        if let Err(e) = renderer.context_create(ctx, b"vtestd") {
             return init_failed(&channel, "renderer context", e.to_string());
         }
-        renderer.context_destroy(PROBE_CTX_ID);
         phases.end("warm-up context");
     }
     let profile = profile.map(|p| sandbox::steady_profile(p, renderer.gl_renderer()));
@@ -154,8 +159,10 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         phases.end("steady filter");
         // And one under the steady filter, before Ready: a configuration
         // the sandbox cannot serve fails here, at the broker's start-up
-        // probe, instead of at every client.
-        if gl {
+        // probe, instead of at every client. Every worker of a listener
+        // runs the same code, so once one has passed, the broker asks it
+        // no more (it costs each a context, about 2 ms of CPU).
+        if gl && args.check_context {
             if let Err(e) = renderer.context_create(PROBE_CTX_ID, b"vtestd-check") {
                 return init_failed(&channel, "renderer context", e.to_string());
             }
@@ -164,6 +171,8 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         }
     }
     phases.log();
+    #[cfg(feature = "test-hooks")]
+    test_hooks::never_ready(args.check_context);
     let _ = channel.send(
         &WorkerMsg::Ready {
             pid: std::process::id(),
@@ -199,7 +208,7 @@ pub fn run(args: WorkerArgs) -> ExitCode {
     test_hooks::control_flood(&channel, client.client_id);
     #[cfg(feature = "test-hooks")]
     test_hooks::forge_log_line(client.client_id);
-    let backend = VirglBackend::new(renderer, liveness);
+    let backend = VirglBackend::new(renderer, prepared, liveness);
     let mut session = match Session::new(backend, stream, session_limits(&limits)) {
         Ok(s) => s,
         Err(e) => {
@@ -343,6 +352,17 @@ mod test_hooks {
                 b"\n2001-01-01T00:00:00.000000Z  INFO stopped\x1b[2J\n\
                   2001-01-01T00:00:00.000000Z  WARN client ended: forged",
             );
+        }
+    }
+
+    /// `VTESTD_TEST_NEVER_READY=1`: workers after the listener's check
+    /// (the start-up probe still starts) never report Ready, so that
+    /// clients stay attached to starting workers, or queued for one.
+    pub fn never_ready(check_context: bool) {
+        if !check_context && std::env::var_os("VTESTD_TEST_NEVER_READY").is_some() {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
         }
     }
 

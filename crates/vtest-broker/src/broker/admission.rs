@@ -13,6 +13,7 @@ use nix::unistd::Pid;
 use tracing::{debug, error, info, warn};
 use vtest_control::{BrokerMsg, ClientInfo};
 
+use super::lifecycle::start_slots;
 use super::listeners::ListenerId;
 use super::waiting::Waiting;
 use super::Broker;
@@ -114,8 +115,8 @@ impl Broker {
         self.next_client_id += 1;
         let (serving, serving_uid) = self.workers.serving_counts(uid);
         let load = Load {
-            clients: serving + self.waiting.len(),
-            of_uid: serving_uid + self.waiting.of_uid(uid),
+            clients: serving + self.waiting.len() + self.queued.len(),
+            of_uid: serving_uid + self.waiting.of_uid(uid) + self.queued.of_uid(uid),
         };
         if let Err(reason) = admission(&l.config, &self.settings.config.server, (uid, gid), load) {
             return self.refuse(reason, &client);
@@ -170,12 +171,62 @@ impl Broker {
         if let Some(l) = self.listeners.get_mut(li) {
             l.demand.arrived(Instant::now());
         }
-        // A ready pool worker; else the one closest to ready; else a new one.
+        if self.workers.pool_counts(&w.client.listener).0 == 0 {
+            self.counters.clients_waited_for_start += 1;
+            let shared = self.listeners.get(li).is_some_and(|l| l.config.has_pool());
+            let pool_starting = shared && self.workers.pool_counts(&w.client.listener).1 > 0;
+            if !pool_starting && self.workers.starting() >= start_slots() {
+                debug!(
+                    client = w.client.client_id,
+                    "every core starts a worker: queued"
+                );
+                return self.queued.push(w);
+            }
+        }
+        self.serve_now(li, w);
+    }
+
+    /// Clients queued for a worker, oldest first, as far as workers are
+    /// ready or cores free to start theirs.
+    pub(super) fn serve_queued(&mut self) {
+        if self.queued.is_empty() {
+            return;
+        }
+        let slots = start_slots();
+        let mut starting = self.workers.starting();
+        let mut free: std::collections::HashMap<String, u32> = Default::default();
+        let workers = &self.workers;
+        let taken = self.queued.take_servable(|w| {
+            let name = &w.client.listener;
+            let free = free.entry(name.clone()).or_insert_with(|| {
+                let (ready, pool_starting) = workers.pool_counts(name);
+                ready + pool_starting
+            });
+            if *free > 0 {
+                *free -= 1;
+                true
+            } else if starting < slots {
+                starting += 1;
+                true
+            } else {
+                false
+            }
+        });
+        for w in taken {
+            match self.listeners.named(&w.client.listener) {
+                Some(li) => self.serve_now(li, w),
+                None => self.refuse("listener removed", &w.client),
+            }
+        }
+    }
+
+    /// Hands client `w` of listener `li` to a worker now: a ready pool
+    /// worker; else the one closest to ready; else a new one.
+    fn serve_now(&mut self, li: ListenerId, w: Waiting) {
         let from_pool = self.workers.take_ready(&w.client.listener);
         let id = match from_pool {
             Some(id) => Some(id),
             None => {
-                self.counters.clients_waited_for_start += 1;
                 let uid = w.client.uid;
                 let shared = self.listeners.get(li).is_some_and(|l| l.config.has_pool());
                 let starting = shared

@@ -23,6 +23,13 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 /// After a pool worker fails to start, wait this long before the next.
 const POOL_BACKOFF: Duration = Duration::from_secs(2);
 
+/// How many workers start at once, at most, for pools and for clients
+/// alike: one per core (starts are CPU-bound: more would only slow each
+/// other down, and hold every one's memory at once).
+pub(super) fn start_slots() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) as u32
+}
+
 impl Broker {
     /// Before anyone is served, one worker per listener starts with the
     /// listener's backend and sandbox, initialises its renderer (a
@@ -90,10 +97,19 @@ impl Broker {
                 }
             }
         }
+        for (listener, args) in self.workers.take_checked() {
+            let l = self.listeners.named(&listener);
+            if let Some(l) = l.and_then(|l| self.listeners.get_mut(l)) {
+                // A check of arguments a reload has since replaced counts not.
+                if l.command.args == args {
+                    l.checked = Some(args);
+                }
+            }
+        }
         if self.stop.is_some() {
             return;
         }
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        let cores = start_slots();
         for li in self.listeners.ids() {
             let Some(l) = self.listeners.get_mut(li) else {
                 continue;
@@ -163,6 +179,10 @@ impl Broker {
         if self.cgroups.is_some() {
             command.args.push("--wait-for-cgroup".into());
         }
+        let check = l.needs_check().then(|| l.command.args.clone());
+        if check.is_some() {
+            command.args.push("--check-context".into());
+        }
         let (pid, log) = match command.spawn(theirs.into_fd(), uid) {
             Ok(spawned) => spawned,
             Err(e) => {
@@ -185,6 +205,7 @@ impl Broker {
         let id = self.workers.insert(pid, &name, ours, log, role);
         if let Some(w) = self.workers.get_mut(id) {
             w.cgroup = cgroup;
+            w.checks = check;
         }
         debug!(worker = pid, listener = %name, "worker started");
         Some(id)

@@ -30,6 +30,18 @@ pub(super) struct ListenerState {
     pub(super) accept: AcceptPause,
     /// Arrivals and start-up times, which size the pool.
     pub(super) demand: Demand,
+    /// The worker arguments (`command.args`) of which one worker passed the
+    /// check context (see `vtestd worker --check-context`): until then
+    /// every worker of the listener makes the check.
+    pub(super) checked: Option<Vec<OsString>>,
+}
+
+impl ListenerState {
+    /// Whether a worker started now makes the check context: until one
+    /// with the current arguments has passed it.
+    pub(super) fn needs_check(&self) -> bool {
+        self.checked.as_ref() != Some(&self.command.args)
+    }
 }
 
 impl ListenerState {

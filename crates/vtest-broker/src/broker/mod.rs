@@ -12,6 +12,7 @@ mod events;
 mod fd_limit;
 mod lifecycle;
 mod listeners;
+mod queue;
 mod refusals;
 mod reload;
 mod report;
@@ -36,6 +37,7 @@ use crate::{admin, BrokerError};
 use accept_pause::AcceptPause;
 use events::Event;
 use listeners::Listeners;
+use queue::StartQueue;
 use refusals::Refusals;
 use report::RecentExits;
 use stop::StopSequence;
@@ -77,6 +79,8 @@ pub struct Broker {
     signals: SignalFd,
     workers: Workers,
     waiting: WaitingClients,
+    /// Clients that spoke while every core was starting a worker.
+    queued: StartQueue,
     next_client_id: u64,
     refusals: Refusals,
     counters: Counters,
@@ -126,6 +130,7 @@ impl Broker {
             signals,
             workers: Workers::default(),
             waiting: WaitingClients::default(),
+            queued: StartQueue::default(),
             next_client_id: 1,
             refusals: Refusals::default(),
             counters: Counters::default(),
@@ -188,6 +193,9 @@ impl Broker {
             self.reported_clients = Some(0);
         }
         loop {
+            // Clients first: a worker that became ready, or a core that
+            // became free, goes to the oldest queued client.
+            self.serve_queued();
             self.replenish_pools();
             for event in self.wait()? {
                 self.dispatch(event);
@@ -260,6 +268,9 @@ impl Broker {
     }
 
     fn finished(&self) -> bool {
-        !self.listeners.accepting() && self.waiting.is_empty() && self.workers.len() == 0
+        !self.listeners.accepting()
+            && self.waiting.is_empty()
+            && self.queued.is_empty()
+            && self.workers.len() == 0
     }
 }

@@ -92,6 +92,7 @@ impl Broker {
                 backoff_until: None,
                 accept: AcceptPause::default(),
                 demand: Default::default(),
+                checked: None,
             });
         }
         Ok(())

@@ -59,6 +59,7 @@ impl Broker {
                     pool_starting: starting,
                     clients: self.workers.serving_count(name),
                     waiting: self.waiting.of_listener(name),
+                    queued: self.queued.of_listener(name),
                 }
             })
             .collect();
@@ -67,6 +68,11 @@ impl Broker {
             .iter()
             .map(|w| client_status(&w.client, "waiting", None, w.since, Default::default()))
             .collect();
+        clients.extend(
+            self.queued
+                .iter()
+                .map(|w| client_status(&w.client, "queued", None, w.since, Default::default())),
+        );
         for (_, w) in self.workers.iter() {
             if let Role::Serving { client, since } = &w.role {
                 let stats = w.stats.clone();

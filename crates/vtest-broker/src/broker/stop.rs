@@ -104,6 +104,15 @@ impl Broker {
                     );
                     self.counters.closed_before_first_byte += u64::from(self.waiting.clear());
                 }
+                if !self.queued.is_empty() {
+                    let n = self.queued.clear();
+                    info!(
+                        clients = n,
+                        "grace period over: closing clients still queued for a worker"
+                    );
+                    self.counters
+                        .refused("stopped before a worker was free", u64::from(n));
+                }
                 let workers = self.workers.ids();
                 if !workers.is_empty() {
                     info!(workers = workers.len(), "grace period over: ending workers");

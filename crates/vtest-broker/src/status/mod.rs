@@ -49,6 +49,9 @@ pub struct ListenerStatus {
     pub clients: u32,
     /// Connected but silent: no worker yet.
     pub waiting: u32,
+    /// Spoke while every core was starting a worker: waiting for one.
+    #[serde(default)]
+    pub queued: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -142,6 +145,7 @@ pub(crate) mod tests {
                 pool_starting: 1,
                 clients: 1,
                 waiting: 0,
+                queued: 0,
             }],
             clients: vec![ClientStatus {
                 client_id: 3,
@@ -192,7 +196,7 @@ pub(crate) mod tests {
                 r#""listeners":[{{"name":"gpu \"0\"\\\nx","path":"/run/vtestd/vtest.sock","#,
                 r#""backend":"surfaceless","pool_target":2,"arrivals_per_sec":0.5,"startup_ms":44,"#,
                 r#""pool_ready":1,"pool_starting":1,"#,
-                r#""clients":1,"waiting":0}}],"#,
+                r#""clients":1,"waiting":0,"queued":0}}],"#,
                 r#""clients":[{{"client_id":3,"listener":"default","peer_pid":100,"uid":1000,"#,
                 r#""gid":1000,"state":"serving","worker_pid":200,"connected_secs":1.5,"#,
                 r#""stats":{stats1},"memory":{{"rss_kib":2048,"data_kib":1024}}}}],"#,

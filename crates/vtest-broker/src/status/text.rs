@@ -18,12 +18,13 @@ impl Status {
         for l in &self.listeners {
             let _ = writeln!(
                 out,
-                "  {:12} {:32} {:11} clients {:3}  waiting {:3}  pool {}/{} ready ({} starting)",
+                "  {:12} {:32} {:11} clients {:3}  waiting {:3}  queued {:3}  pool {}/{} ready ({} starting)",
                 l.name,
                 l.path,
                 l.backend,
                 l.clients,
                 l.waiting,
+                l.queued,
                 l.pool_ready,
                 l.pool_target,
                 l.pool_starting

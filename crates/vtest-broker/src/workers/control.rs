@@ -79,6 +79,9 @@ impl Workers {
                         worker.reported_ready = true;
                         let took = worker.spawned_at.elapsed();
                         self.start_times.push((worker.listener.clone(), took));
+                        if let Some(args) = worker.checks.take() {
+                            self.checked.push((worker.listener.clone(), args));
+                        }
                     }
                     if worker.record(msg) {
                         self.ready

@@ -8,6 +8,7 @@ mod ending;
 mod log_relay;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ffi::OsString;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -54,6 +55,9 @@ pub(crate) struct Worker {
     spawned_at: Instant,
     /// Whether it has said Ready (whatever its role by then).
     reported_ready: bool,
+    /// The listener's worker arguments, when it was started to make the
+    /// check context (its Ready says they passed it).
+    pub(crate) checks: Option<Vec<OsString>>,
 }
 
 impl Worker {
@@ -79,6 +83,7 @@ impl Worker {
             log: log.map(|fd| WorkerLog::new(fd, now)),
             spawned_at: now,
             reported_ready: false,
+            checks: None,
         }
     }
 
@@ -97,6 +102,9 @@ pub(crate) struct Workers {
     /// How long workers took from spawn to Ready, per listener, since the
     /// broker last asked ([`Workers::take_start_times`]).
     start_times: Vec<(String, Duration)>,
+    /// Listeners and the worker arguments that passed the check context,
+    /// since the broker last asked ([`Workers::take_checked`]).
+    checked: Vec<(String, Vec<OsString>)>,
     next_id: u64,
 }
 
@@ -240,6 +248,12 @@ impl Workers {
     /// Start-up times measured since the last call, oldest first.
     pub(crate) fn take_start_times(&mut self) -> Vec<(String, Duration)> {
         std::mem::take(&mut self.start_times)
+    }
+
+    /// Listeners whose worker arguments passed the check context since the
+    /// last call, with those arguments.
+    pub(crate) fn take_checked(&mut self) -> Vec<(String, Vec<OsString>)> {
+        std::mem::take(&mut self.checked)
     }
 
     /// Workers of every listener still starting.

@@ -19,10 +19,10 @@ mod sync;
 mod transfer;
 
 /// The only renderer context of a worker.
-const CTX_ID: u32 = 1;
+pub const CTX_ID: u32 = 1;
 /// Capability sets answered by `GET_CAPS` and `GET_CAPS2`.
 const CAPSET_VIRGL: u32 = 1;
-const CAPSET_VIRGL2: u32 = 2;
+pub const CAPSET_VIRGL2: u32 = 2;
 /// Bytes of the client's name shown in logs.
 const MAX_NAME_SHOWN: usize = 64;
 

@@ -21,20 +21,28 @@ pub struct VirglBackend {
     /// The worker's copy of its render server connection, watched for a
     /// hang-up (Venus workers only).
     render_server: Option<OwnedFd>,
+    /// A context the worker created before the client came (with the
+    /// default capset), which serves the client's first context of that id
+    /// and capset instead of a new one.
+    prepared: Option<u32>,
 }
 
+/// `VIRGL_RENDERER_CAPSET_VIRGL2`, what a context without a capset gets.
+const CAPSET_VIRGL2: u32 = 2;
 /// `VIRGL_RENDERER_CAPSET_VENUS`.
 const CAPSET_VENUS: u32 = 4;
 
 impl VirglBackend {
-    /// Wraps an initialised renderer (and a Venus worker's copy of its
-    /// render server connection).
-    pub fn new(renderer: Renderer, render_server: Option<OwnedFd>) -> Self {
+    /// Wraps an initialised renderer; `prepared` names a context already
+    /// created on it with the default capset (VIRGL2); `render_server` is a
+    /// Venus worker's copy of its render server connection.
+    pub fn new(renderer: Renderer, prepared: Option<u32>, render_server: Option<OwnedFd>) -> Self {
         VirglBackend {
             renderer,
             context: None,
             venus: false,
             render_server,
+            prepared,
         }
     }
 }
@@ -77,6 +85,15 @@ impl Backend for VirglBackend {
         capset: Option<u32>,
         name: &[u8],
     ) -> Result<(), BackendError> {
+        if let Some(prepared) = self.prepared.take() {
+            if prepared == ctx_id && capset.unwrap_or(CAPSET_VIRGL2) == CAPSET_VIRGL2 {
+                tracing::debug!(ctx_id, "the client's context was made at start-up");
+                self.context = Some(ctx_id);
+                return Ok(());
+            }
+            // Another capset (Venus) or id: the client's own context.
+            self.renderer.context_destroy(prepared);
+        }
         match capset {
             None => self.renderer.context_create(ctx_id, name),
             Some(c) => self.renderer.context_create_with_capset(ctx_id, c, name),
