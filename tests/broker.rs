@@ -1060,3 +1060,37 @@ fn clients_beyond_one_start_per_core_queue_for_a_worker() {
     // Its workers never end on their own; they die with the broker.
     kill(Pid::from_raw(broker as i32), Signal::SIGKILL).unwrap();
 }
+
+/// Flags can make a valid configuration say nonsense: `--no-virgl` without
+/// `--venus` would leave a listener that serves nothing. Refused at start,
+/// with the reason, before any socket is bound.
+#[test]
+fn flags_that_leave_a_listener_serving_nothing_are_refused() {
+    let dir = common::server::unique_dir("no-virgl");
+    let socket = dir.join("s");
+    let mut child = std::process::Command::new(common::server::vtestd_bin())
+        .args(["serve", "--no-virgl", "--pool=0"])
+        .arg(format!("--socket-path={}", socket.display()))
+        .arg(format!(
+            "--admin-socket={}",
+            dir.join("admin.sock").display()
+        ))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A server that started would serve (nothing) until killed.
+    let ended = common::procs::eventually(10, || child.try_wait().unwrap().is_some());
+    let bound = socket.exists();
+    if !ended {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        ended && !out.status.success(),
+        "serve --no-virgl started: {err}"
+    );
+    assert!(err.contains("virgl = false needs vulkan = true"), "{err}");
+    assert!(!bound, "the socket was bound");
+}

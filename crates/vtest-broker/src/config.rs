@@ -361,7 +361,9 @@ impl Config {
         Ok(config)
     }
 
-    fn check(&self) -> Result<(), String> {
+    /// Whether the settings make sense together (what [`Config::parse`]
+    /// checks; again after command-line flags changed them).
+    pub fn check(&self) -> Result<(), String> {
         if self.listeners.is_empty() {
             return Err("no [[listener]]".into());
         }

@@ -85,6 +85,11 @@ pub fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let overrides = overrides(&args);
     let mut effective = config.clone();
     overrides(&mut effective);
+    // The flags may make a valid file say something that is not (e.g.
+    // --no-virgl without --venus: a listener that serves nothing).
+    effective
+        .check()
+        .map_err(|e| format!("with the command-line flags: {e}"))?;
     for l in effective.listeners.iter().filter(|l| !l.sandbox) {
         warn!(listener = %l.name,
               "sandbox off: workers run UNCONFINED; for debugging only, never with untrusted clients");

@@ -19,6 +19,7 @@ impl Broker {
         let loaded = Config::load_or_default(self.settings.config_path.as_deref());
         let loaded = loaded.map_err(|e| e.to_string()).and_then(|mut config| {
             (self.settings.overrides)(&mut config);
+            config.check()?;
             check_worker_fd_limit(&config).map_err(|e| e.to_string())?;
             Ok(config)
         });
