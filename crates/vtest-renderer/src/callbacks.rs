@@ -100,19 +100,20 @@ unsafe extern "C" fn write_context_fence(
     })
 }
 
+/// Gives C the fd in `slot` (once; -1 after, or without one): C owns it.
+fn hand_over(slot: &Mutex<Option<OwnedFd>>) -> c_int {
+    let fd = slot
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take();
+    fd.map_or(-1, IntoRawFd::into_raw_fd)
+}
+
 /// `get_drm_fd(cookie)`: virglrenderer takes ownership of the returned fd.
 unsafe extern "C" fn get_drm_fd(cookie: *mut c_void) -> c_int {
     no_unwind("get_drm_fd", || {
         // SAFETY: as in `write_fence`.
-        let Some(st) = (unsafe { state(cookie) }) else {
-            return -1;
-        };
-        let fd = st
-            .drm_fd
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
-        fd.map_or(-1, IntoRawFd::into_raw_fd)
+        unsafe { state(cookie) }.map_or(-1, |st| hand_over(&st.drm_fd))
     })
 }
 
@@ -122,16 +123,9 @@ unsafe extern "C" fn get_drm_fd(cookie: *mut c_void) -> c_int {
 unsafe extern "C" fn get_server_fd(cookie: *mut c_void, version: u32) -> c_int {
     no_unwind("get_server_fd", || {
         // SAFETY: as in `write_fence`.
-        let Some(st) = (unsafe { state(cookie) }) else {
-            return -1;
-        };
-        let fd = st
-            .server_fd
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
-        tracing::debug!(version, handed_over = fd.is_some(), "render server fd");
-        fd.map_or(-1, IntoRawFd::into_raw_fd)
+        let fd = unsafe { state(cookie) }.map_or(-1, |st| hand_over(&st.server_fd));
+        tracing::debug!(version, handed_over = fd >= 0, "render server fd");
+        fd
     })
 }
 
@@ -195,5 +189,15 @@ mod tests {
         drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) });
         // SAFETY: as above.
         assert_eq!(unsafe { (cbs.get_drm_fd.unwrap())(cookie) }, -1);
+        // The render server's connection, the same way.
+        let fd: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        *st.server_fd.lock().unwrap() = Some(fd);
+        // SAFETY: as above.
+        let raw = unsafe { (cbs.get_server_fd.unwrap())(cookie, 0) };
+        assert!(raw >= 0);
+        // SAFETY: ownership of `raw` came to us.
+        drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) });
+        // SAFETY: as above.
+        assert_eq!(unsafe { (cbs.get_server_fd.unwrap())(cookie, 0) }, -1);
     }
 }

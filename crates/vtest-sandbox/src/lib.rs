@@ -238,13 +238,7 @@ pub fn confine(config: &SandboxConfig) -> Result<Vec<(Layer, Outcome)>, SandboxE
     signals::die_on_fault_signals().map_err(SandboxError::SignalHandler)?;
     rlimits::apply(&config.rlimits)?;
     report.push((Layer::Rlimits, Outcome::Applied));
-    // The reaper names what it waited for when that dies of a signal
-    // nobody else reports: a render server has no SIGSYS handler of ours.
-    let role = match config.profile {
-        Profile::RenderServer => "render server",
-        Profile::Llvmpipe | Profile::Gpu => "worker",
-    };
-    namespaces::enter(&config.root, role, &mut report)?;
+    namespaces::enter(&config.root, config.profile, &mut report)?;
     landlock::restrict(&config.root, &mut report)?;
     privileges::drop_all()?;
     report.push((Layer::Capabilities, Outcome::Applied));

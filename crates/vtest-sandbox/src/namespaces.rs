@@ -40,7 +40,7 @@ pub struct RootFs {
 /// reported.
 pub(crate) fn enter(
     root: &RootFs,
-    role: &'static str,
+    profile: crate::Profile,
     report: &mut Vec<(Layer, Outcome)>,
 ) -> Result<(), SandboxError> {
     let uid = geteuid();
@@ -74,7 +74,7 @@ pub(crate) fn enter(
     report.push((Layer::MountNamespace, outcome));
     let outcome = match unshare(CloneFlags::CLONE_NEWPID) {
         Ok(()) => {
-            crate::pid::enter(role)?;
+            crate::pid::enter(profile)?;
             Outcome::Applied
         }
         Err(e) => Outcome::Unavailable(e.to_string()),

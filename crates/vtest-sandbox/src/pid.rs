@@ -17,7 +17,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::time::{clock_gettime, ClockId};
 use nix::unistd::{fork, getpid, ForkResult, Pid};
 
-use crate::{privileges, seccomp, SandboxError};
+use crate::{privileges, seccomp, Profile, SandboxError};
 
 /// Exit code of a PID-namespace init that died of `signal` (it cannot be
 /// killed by its own signals): the reaper turns it back into the signal.
@@ -66,7 +66,7 @@ pub fn cpu_before_fork() -> Option<Duration> {
 }
 
 /// Forks into the new PID namespace; returns in the child only.
-pub(crate) fn enter(role: &'static str) -> Result<(), SandboxError> {
+pub(crate) fn enter(profile: Profile) -> Result<(), SandboxError> {
     if let Ok(t) = clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID) {
         let ns = Duration::from(t).as_nanos();
         CPU_BEFORE_FORK_NS.store(
@@ -81,12 +81,12 @@ pub(crate) fn enter(role: &'static str) -> Result<(), SandboxError> {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(SandboxError::Fork)?;
             Ok(())
         }
-        ForkResult::Parent { child } => reap(child, role),
+        ForkResult::Parent { child } => reap(child, profile),
     }
 }
 
 /// The parent's whole life.
-fn reap(child: Pid, role: &'static str) -> ! {
+fn reap(child: Pid, profile: Profile) -> ! {
     // Nothing of the worker's: stdin (the control channel), stdout and every
     // other fd go; stderr stays for a last word.
     let _ = nix::unistd::close(0);
@@ -106,7 +106,7 @@ fn reap(child: Pid, role: &'static str) -> ! {
                 std::process::exit(code);
             }
             Ok(WaitStatus::Signaled(_, sig, _)) => {
-                if let Some(why) = last_word(role, sig) {
+                if let Some(why) = last_word(profile, sig) {
                     eprintln!("{why}");
                 }
                 match mirrored_signal(exit_code_for(sig as i32)) {
@@ -121,14 +121,13 @@ fn reap(child: Pid, role: &'static str) -> ! {
 }
 
 /// What the reaper says when its child died of `sig`: only for a render
-/// server's SIGSYS (a worker reports its own through its handler).
-fn last_word(role: &str, sig: Signal) -> Option<String> {
-    (role == "render server" && sig == Signal::SIGSYS).then(|| {
-        format!(
-            "{role} killed by SIGSYS: a system call outside policies/seccomp/render-server.json \
-             (the kernel's audit log, dmesg, names it)"
-        )
-    })
+/// server's SIGSYS, which nobody else reports (it has no SIGSYS handler of
+/// ours; a worker reports its own through its handler).
+fn last_word(profile: Profile, sig: Signal) -> Option<&'static str> {
+    (profile == Profile::RenderServer && sig == Signal::SIGSYS).then_some(
+        "render server killed by SIGSYS: a system call outside \
+         policies/seccomp/render-server.json (the kernel's audit log, dmesg, names it)",
+    )
 }
 
 fn die_of(sig: Signal) -> ! {
@@ -144,10 +143,10 @@ mod tests {
 
     #[test]
     fn a_render_servers_sigsys_is_told() {
-        let said = last_word("render server", Signal::SIGSYS).unwrap();
+        let said = last_word(Profile::RenderServer, Signal::SIGSYS).unwrap();
         assert!(said.contains("render-server.json"), "{said}");
-        assert_eq!(last_word("render server", Signal::SIGKILL), None);
-        assert_eq!(last_word("worker", Signal::SIGSYS), None);
+        assert_eq!(last_word(Profile::RenderServer, Signal::SIGKILL), None);
+        assert_eq!(last_word(Profile::Llvmpipe, Signal::SIGSYS), None);
     }
 
     #[test]
