@@ -280,6 +280,87 @@ fn glmark2_runs_as_well_confined_as_not() {
     println!("glmark2 score: sandbox on {}, off {}", scores[0], scores[1]);
 }
 
+/// The mappings of `pid` that are writable and executable at once, by size.
+fn write_exec_mappings(pid: u32) -> Vec<u64> {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    maps.lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some("rwxp"))
+        .filter_map(|l| {
+            let (start, end) = l.split_whitespace().next()?.split_once('-')?;
+            let start = u64::from_str_radix(start, 16).ok()?;
+            Some(u64::from_str_radix(end, 16).ok()? - start)
+        })
+        .collect()
+}
+
+/// `pid` and every process below it.
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        all.extend(common::procs::children(all[i]));
+        i += 1;
+    }
+    all
+}
+
+/// Mesa's x86 vertex-translation heap (the draw module's `translate_sse`:
+/// one 10 MiB mapping writable and executable, made at a process's first
+/// draw) gets through the production llvmpipe filter, so that a client's
+/// vertices do not go through Mesa's slower C path; it is the only W+X
+/// mapping any process of the server holds (libglapi's 4 KiB stub page
+/// is still refused). Without `no-wx-llvmpipe.json` no worker has it.
+#[test]
+#[cfg_attr(
+    not(all(vtestd_root, vtestd_mesa, vtestd_clients)),
+    ignore = "needs root, Mesa and the Mesa clients"
+)]
+fn a_drawing_worker_gets_mesas_vertex_translation_heap() {
+    use common::mesa::{mesa_command, run_client, work_dir};
+    const HEAP: u64 = 10 << 20;
+    let xvfb = Xvfb::start();
+    let server = Server::start(ServerKind::Vtestd);
+    let broker = server.pid();
+    let dir = work_dir("glmark2-vertex-heap");
+    let cmd = mesa_command(
+        &server,
+        &xvfb,
+        "glmark2",
+        &["--off-screen", "-b", "build:duration=4"],
+    );
+    let glmark2 = std::thread::spawn(move || {
+        let out = run_client(cmd, &dir, "glmark2", Duration::from_secs(120));
+        let _ = fs::remove_dir_all(&dir);
+        out
+    });
+    let mut seen: Vec<(u32, u64)> = Vec::new();
+    let found = eventually(60, || {
+        seen = process_tree(broker)
+            .into_iter()
+            .flat_map(|pid| {
+                write_exec_mappings(pid)
+                    .into_iter()
+                    .map(move |len| (pid, len))
+            })
+            .collect();
+        seen.iter().any(|&(_, len)| len == HEAP)
+    });
+    let out = glmark2.join().unwrap();
+    assert!(out.success(), "glmark2: {}", out.describe());
+    assert!(
+        found,
+        "no worker mapped Mesa's 10 MiB vertex-translation heap while glmark2 drew \
+         (W+X mappings seen: {seen:?}); log:\n{}",
+        server.log_text()
+    );
+    assert!(
+        seen.iter().all(|&(_, len)| len == HEAP),
+        "W+X mappings other than the heap: {seen:?}"
+    );
+    let log = server.log_text();
+    assert!(!log.contains("seccomp violation"), "{log}");
+}
+
 /// A vtestd started under plain `chroot` in a root of binds (the directory
 /// itself not a mount point, where the kernel also refuses user
 /// namespaces: build chroots, proot- and Termux-like hosts), with `extra`

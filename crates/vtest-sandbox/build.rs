@@ -114,6 +114,7 @@ fn main() {
         ("no-clone3.json", "NO_CLONE3"),
         ("no-open.json", "NO_OPEN"),
         ("no-wx.json", "NO_WX"),
+        ("no-wx-llvmpipe.json", "NO_WX_LLVMPIPE"),
         ("no-tgkill.json", "NO_TGKILL"),
         ("reaper.json", "REAPER"),
     ] {

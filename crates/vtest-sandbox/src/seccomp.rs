@@ -6,8 +6,10 @@
 //! covered). Filters stack: in steady state a call must pass both.
 //! Beside them, small filters that answer a few calls with an errno instead
 //! of SIGSYS: `no-clone3` (ENOSYS), `no-wx` (memory writable and executable
-//! in one call: EACCES, from init on) and, in steady state, `no-open`
-//! (EACCES); and `no-tgkill` (SIGSYS), where the worker is not PID 1 of its
+//! in one call: EACCES, from init on; llvmpipe's, `no-wx-llvmpipe`, lets
+//! the one mapping of Mesa's vertex-translation heap through) and, in
+//! steady state, `no-open` (EACCES); and
+//! `no-tgkill` (SIGSYS), where the worker is not PID 1 of its
 //! own namespace.
 //!
 //! A call outside the list traps (SIGSYS): [`crate::violation`] reports it
@@ -94,7 +96,7 @@ pub fn install(profile: Profile, phase: Phase) -> Result<(), SandboxError> {
     match phase {
         Phase::Init => {
             seccompiler::apply_filter(&decode(NO_CLONE3)).map_err(err)?;
-            seccompiler::apply_filter(&decode(NO_WX)).map_err(err)?;
+            seccompiler::apply_filter(&decode(no_wx(profile))).map_err(err)?;
             // SAFETY: getpid has no preconditions.
             if unsafe { libc::getpid() } != 1 {
                 // No PID namespace: tgid 1 is not this process.
@@ -106,6 +108,15 @@ pub fn install(profile: Profile, phase: Phase) -> Result<(), SandboxError> {
             seccompiler::apply_filter_all_threads(&decode(NO_OPEN)).map_err(err)?;
             seccompiler::apply_filter_all_threads(&filter).map_err(err)
         }
+    }
+}
+
+/// A profile's W+X filter: llvmpipe's lets exactly the mapping of Mesa's
+/// vertex-translation heap through (`no-wx-llvmpipe.json`).
+fn no_wx(profile: Profile) -> &'static [u8] {
+    match profile {
+        Profile::Llvmpipe => NO_WX_LLVMPIPE,
+        Profile::Gpu | Profile::RenderServer => NO_WX,
     }
 }
 

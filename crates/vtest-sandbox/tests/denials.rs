@@ -484,6 +484,62 @@ fn worker_probes() -> Vec<Probe> {
                 })
             },
         },
+        // Mesa's vertex-translation heap, exactly as rtasm asks for it: the
+        // one W+X mapping the llvmpipe profile lets through
+        // (no-wx-llvmpipe.json); any other shape still gets EACCES, and the
+        // GPU profile, which maps nothing executable, kills.
+        Probe {
+            name: "mmap_rtasm_heap_llvmpipe",
+            setup: Production,
+            phase: Steady,
+            profile: Llvmpipe,
+            expect: Ok,
+            run: || mmap_shape(RTASM_HEAP, RWX, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS),
+        },
+        Probe {
+            name: "mmap_rtasm_heap_gpu",
+            setup: Production,
+            phase: Steady,
+            profile: Gpu,
+            expect: Sigsys,
+            run: || mmap_shape(RTASM_HEAP, RWX, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS),
+        },
+        Probe {
+            name: "mmap_write_exec_heap_size_shared",
+            setup: Production,
+            phase: Steady,
+            profile: Llvmpipe,
+            expect: Errno(libc::EACCES),
+            run: || mmap_shape(RTASM_HEAP, RWX, libc::MAP_SHARED | libc::MAP_ANONYMOUS),
+        },
+        Probe {
+            name: "mmap_write_exec_other_size",
+            setup: Production,
+            phase: Steady,
+            profile: Llvmpipe,
+            expect: Errno(libc::EACCES),
+            run: || {
+                mmap_shape(
+                    RTASM_HEAP + 4096,
+                    RWX,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                )
+            },
+        },
+        Probe {
+            name: "mmap_write_exec_without_read",
+            setup: Production,
+            phase: Steady,
+            profile: Llvmpipe,
+            expect: Errno(libc::EACCES),
+            run: || {
+                mmap_shape(
+                    RTASM_HEAP,
+                    libc::PROT_WRITE | libc::PROT_EXEC,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                )
+            },
+        },
         Probe {
             name: "mmap_write_exec_at_init",
             setup: Production,
@@ -622,6 +678,24 @@ fn with_page(f: impl FnOnce(*mut libc::c_void) -> Result<(), i32>) -> Result<(),
     // SAFETY: the mapping made above.
     unsafe { libc::munmap(p, 4096) };
     r
+}
+
+/// The size of Mesa's rtasm heap (`EXEC_HEAP_SIZE`, 10 MiB).
+const RTASM_HEAP: usize = 10 << 20;
+const RWX: i32 = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
+
+/// An anonymous mapping of `len` bytes with `prot` and `flags`, at an
+/// address the kernel picks, unmapped at once.
+fn mmap_shape(len: usize, prot: i32, flags: i32) -> Result<(), i32> {
+    // SAFETY: an anonymous mapping, unmapped at once.
+    unsafe {
+        let p = libc::mmap(std::ptr::null_mut(), len, prot, flags, -1, 0);
+        if p == libc::MAP_FAILED {
+            return Err(errno());
+        }
+        libc::munmap(p, len);
+    }
+    Ok(())
 }
 
 /// An anonymous page mapped with `prot` in one call.
