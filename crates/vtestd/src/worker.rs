@@ -243,7 +243,13 @@ pub fn run(args: WorkerArgs) -> ExitCode {
         }
     };
     // Release the client's resources before the renderer goes away.
+    let (wall, cpu) = (std::time::Instant::now(), startup::cpu());
     drop(session);
+    tracing::debug!(
+        wall_ms = wall.elapsed().as_secs_f64() * 1e3,
+        cpu_ms = startup::cpu().saturating_sub(cpu).as_secs_f64() * 1e3,
+        "renderer torn down"
+    );
     let _ = channel.send(&WorkerMsg::Finished { stats, reason }, &[]);
     exit.into()
 }

@@ -12,7 +12,7 @@ use tracing::debug;
 /// the sandbox allows). After the sandbox's fork (into its PID namespace)
 /// it counts the child only: [`Phases::end`] adds what the parent had used
 /// before the fork.
-fn cpu() -> Duration {
+pub fn cpu() -> Duration {
     clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID).map_or(Duration::ZERO, Duration::from)
 }
 
