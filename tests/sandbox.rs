@@ -293,17 +293,6 @@ fn write_exec_mappings(pid: u32) -> Vec<u64> {
         .collect()
 }
 
-/// `pid` and every process below it.
-fn process_tree(pid: u32) -> Vec<u32> {
-    let mut all = vec![pid];
-    let mut i = 0;
-    while i < all.len() {
-        all.extend(common::procs::children(all[i]));
-        i += 1;
-    }
-    all
-}
-
 /// Mesa's x86 vertex-translation heap (the draw module's `translate_sse`:
 /// one 10 MiB mapping writable and executable, made at a process's first
 /// draw) gets through the production llvmpipe filter, so that a client's
@@ -335,8 +324,8 @@ fn a_drawing_worker_gets_mesas_vertex_translation_heap() {
     });
     let mut seen: Vec<(u32, u64)> = Vec::new();
     let found = eventually(60, || {
-        seen = process_tree(broker)
-            .into_iter()
+        seen = std::iter::once(broker)
+            .chain(common::procstat::descendants(broker))
             .flat_map(|pid| {
                 write_exec_mappings(pid)
                     .into_iter()

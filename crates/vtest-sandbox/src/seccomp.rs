@@ -8,9 +8,8 @@
 //! of SIGSYS: `no-clone3` (ENOSYS), `no-wx` (memory writable and executable
 //! in one call: EACCES, from init on; llvmpipe's, `no-wx-llvmpipe`, lets
 //! the one mapping of Mesa's vertex-translation heap through) and, in
-//! steady state, `no-open` (EACCES); and
-//! `no-tgkill` (SIGSYS), where the worker is not PID 1 of its
-//! own namespace.
+//! steady state, `no-open` (EACCES); and `no-tgkill` (SIGSYS), where the
+//! worker is not PID 1 of its own namespace.
 //!
 //! A call outside the list traps (SIGSYS): [`crate::violation`] reports it
 //! and the process dies.

@@ -700,22 +700,7 @@ fn mmap_shape(len: usize, prot: i32, flags: i32) -> Result<(), i32> {
 
 /// An anonymous page mapped with `prot` in one call.
 fn mmap_prot(prot: i32) -> Result<(), i32> {
-    // SAFETY: an anonymous private mapping, unmapped at once.
-    unsafe {
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            prot,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        );
-        if p == libc::MAP_FAILED {
-            return Err(errno());
-        }
-        libc::munmap(p, 4096);
-    }
-    Ok(())
+    mmap_shape(4096, prot, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS)
 }
 
 static ABORT_HANDLED: AtomicBool = AtomicBool::new(false);
