@@ -180,6 +180,7 @@ impl SandboxConfig {
                 read_only_files,
                 devices: all_devices,
                 writable_dirs: shader_cache.into_iter().collect(),
+                hidden_dirs: vec![PathBuf::from(DRIRC_DIR)],
                 executables: Vec::new(),
             },
             rlimits: Rlimits::default(),
@@ -189,6 +190,12 @@ impl SandboxConfig {
         }
     }
 }
+
+/// Mesa's application workarounds (driconf). A GL worker's entries would
+/// match by executable name, which is always `vtestd`, so the worker's
+/// box shows the directory empty and Mesa skips parsing its 50 KB of XML
+/// twice per start; `/etc/drirc`, the administrator's, stays visible.
+pub const DRIRC_DIR: &str = "/usr/share/drirc.d";
 
 /// The dynamic loaders a render server may be started through.
 const LOADERS: &[&str] = &[
@@ -211,6 +218,9 @@ impl SandboxConfig {
     ) -> SandboxConfig {
         let mut config = SandboxConfig::for_worker(render_node, shader_cache, None);
         config.profile = Profile::RenderServer;
+        // Vulkan drivers match drirc by the guest's application and engine
+        // names, which Venus passes through: keep Mesa's list.
+        config.root.hidden_dirs.clear();
         if Path::new("/dev/udmabuf").exists() {
             config.root.devices.push("/dev/udmabuf".into());
         }

@@ -153,6 +153,12 @@ fn render_server_probes(worker: &[Probe]) -> Vec<Probe> {
             Ok,
         ),
         like("read_libraries", "rs_read_libraries", Ok),
+        // Vulkan drivers match Mesa's list by the guest's names: kept.
+        like(
+            "drirc_dir_is_empty",
+            "rs_drirc_dir_keeps_mesas_list",
+            Errno(libc::ENOTEMPTY),
+        ),
     ];
     out.push(Probe {
         name: "rs_fork_a_context_process",
@@ -634,7 +640,36 @@ fn worker_probes() -> Vec<Probe> {
             expect: Ok,
             run: || open("/usr/lib/x86_64-linux-gnu/libc.so.6", libc::O_RDONLY),
         },
+        Probe {
+            name: "drirc_dir_is_empty",
+            setup: Production,
+            phase: Init,
+            profile: Llvmpipe,
+            expect: Ok,
+            run: drirc_dir_is_empty,
+        },
+        Probe {
+            name: "drirc_dir_is_empty_gpu",
+            setup: Production,
+            phase: Init,
+            profile: Gpu,
+            expect: Ok,
+            run: drirc_dir_is_empty,
+        },
     ]
+}
+
+/// Ok when Mesa's drirc directory is there and empty; ENOTEMPTY when it
+/// lists files (the host's Mesa ships at least one), ENOENT without it.
+fn drirc_dir_is_empty() -> Result<(), i32> {
+    let entries = std::fs::read_dir(vtest_sandbox::DRIRC_DIR)
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?
+        .count();
+    if entries == 0 {
+        Ok(())
+    } else {
+        Err(libc::ENOTEMPTY)
+    }
 }
 
 /// Starts and joins a thread the way Mesa does (pthread_create, not std).

@@ -13,7 +13,6 @@ use nix::unistd::Pid;
 use tracing::{debug, error, info, warn};
 use vtest_control::{BrokerMsg, ClientInfo};
 
-use super::lifecycle::start_slots;
 use super::listeners::ListenerId;
 use super::waiting::Waiting;
 use super::Broker;
@@ -175,7 +174,7 @@ impl Broker {
             self.counters.clients_waited_for_start += 1;
             let shared = self.listeners.get(li).is_some_and(|l| l.config.has_pool());
             let pool_starting = shared && self.workers.pool_counts(&w.client.listener).1 > 0;
-            if !pool_starting && self.workers.starting() >= start_slots() {
+            if !pool_starting && self.workers.starting() >= self.start_slots {
                 debug!(
                     client = w.client.client_id,
                     "every core starts a worker: queued"
@@ -192,7 +191,7 @@ impl Broker {
         if self.queued.is_empty() {
             return;
         }
-        let slots = start_slots();
+        let slots = self.start_slots;
         let mut starting = self.workers.starting();
         let mut free: std::collections::HashMap<String, u32> = Default::default();
         let workers = &self.workers;

@@ -25,7 +25,9 @@ const POOL_BACKOFF: Duration = Duration::from_secs(2);
 
 /// How many workers start at once, at most, for pools and for clients
 /// alike: one per core (starts are CPU-bound: more would only slow each
-/// other down, and hold every one's memory at once).
+/// other down, and hold every one's memory at once), as far as the CPU
+/// affinity and a cgroup's CPU quota allow. Read once, at the broker's
+/// start (the broker keeps it as `Broker::start_slots`).
 pub(super) fn start_slots() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get()) as u32
 }
@@ -109,7 +111,7 @@ impl Broker {
         if self.stop.is_some() {
             return;
         }
-        let cores = start_slots();
+        let cores = self.start_slots;
         for li in self.listeners.ids() {
             let Some(l) = self.listeners.get_mut(li) else {
                 continue;

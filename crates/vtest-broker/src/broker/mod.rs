@@ -96,6 +96,10 @@ pub struct Broker {
     reported_clients: Option<u32>,
     /// Set by SIGTERM or SIGINT.
     stop: Option<StopSequence>,
+    /// How many workers may start at once (see `lifecycle::start_slots`),
+    /// read once: std reads the cgroup's CPU quota from /proc and /sys on
+    /// every call, which cost the broker half its CPU per client.
+    start_slots: u32,
 }
 
 impl Broker {
@@ -142,6 +146,7 @@ impl Broker {
             notifier: Notifier::from_env(),
             reported_clients: None,
             stop: None,
+            start_slots: lifecycle::start_slots(),
             settings,
         };
         for (fd, name) in crate::activation::listen_fds() {
