@@ -29,10 +29,7 @@ pub struct RootFs {
     /// Directories bound read-write (the opt-in shader cache).
     pub writable_dirs: Vec<PathBuf>,
     /// Directories inside `read_only_dirs` shown empty (an empty read-only
-    /// tmpfs over each): Mesa's application workarounds,
-    /// `/usr/share/drirc.d`, which every GL start parses twice (about
-    /// 2.5 ms of CPU) and whose entries match by executable name, which
-    /// for a worker is always `vtestd`.
+    /// tmpfs over each): a worker's is [`crate::DRIRC_DIR`].
     pub hidden_dirs: Vec<PathBuf>,
     /// Files that may be executed (Landlock's execute right), each inside
     /// one of `read_only_dirs`: the render server and the dynamic loader

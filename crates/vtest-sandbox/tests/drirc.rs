@@ -18,7 +18,12 @@ fn tags(text: &str) -> Vec<(bool, String, String)> {
         rest = &rest[start..];
         let end = if rest.starts_with("<!--") {
             rest.find("-->").map(|i| i + 3)
-        } else if rest.starts_with("<!DOCTYPE") && rest.contains('[') {
+        } else if rest.starts_with("<!DOCTYPE")
+            && rest
+                .find('[')
+                .is_some_and(|i| rest.find('>').is_some_and(|j| i < j))
+        {
+            // An internal subset, with its own `<!ELEMENT ...>` inside.
             rest.find("]>").map(|i| i + 2)
         } else {
             rest.find('>').map(|i| i + 1)
